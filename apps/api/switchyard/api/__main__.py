@@ -1,0 +1,20 @@
+"""API server: ``python -m switchyard.api`` (host/port from SWITCHYARD_API_HOST/PORT)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from switchyard.api.app import create_app
+from switchyard.api.settings import ApiSettings
+from switchyard.common.logs import setup_logging
+
+
+def main() -> None:
+    settings = ApiSettings()
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from switchyard.api import errors, jobs_routes, streaming
+from switchyard.api.body_limit import BodyLimit
+from switchyard.api.deps import Resources
+from switchyard.api.settings import ApiSettings
+from switchyard.common.db.store import JobStore, make_engine
+from switchyard.common.events import EventBus
+from switchyard.common.model_registry import load_registry
+from switchyard.common.temporal import connect
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = load_registry()
+        db = make_engine(settings.postgres_dsn)
+        redis = Redis.from_url(settings.redis_url)
+        temporal = await connect(settings)
+        app.state.resources = Resources(
+            settings=settings, store=JobStore(db), redis=redis,
+            bus=EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen),
+            temporal=temporal, registry=registry,
+        )
+        yield
+        await redis.aclose()
+        await db.dispose()
+
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(jobs_routes.router)
+    app.include_router(streaming.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,32 @@
+"""Process-wide resources (database, Redis, Temporal, registry), created in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from switchyard.api.settings import ApiSettings
+from switchyard.common.db.store import JobStore
+from switchyard.common.events import EventBus
+from switchyard.common.model_registry import ModelRegistry
+
+
+@dataclass
+class Resources:
+    settings: ApiSettings
+    store: JobStore
+    redis: Redis
+    bus: EventBus
+    temporal: Client
+    registry: ModelRegistry
+
+
+def _resources(request: Request) -> Resources:
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
+Res = Annotated[Resources, Depends(_resources)]

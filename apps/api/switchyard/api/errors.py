@@ -1,0 +1,74 @@
+"""One error shape for every 4xx/5xx: ``{"error": {"type", "code", "message", "param", "details"}}``.
+
+It is OpenAI's error object plus optional ``details``, so OpenAI clients read it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from switchyard.common.queues import DOMAINS
+
+log = logging.getLogger("switchyard.api")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+          409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None, details: list[Any] | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"type": _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"), "code": code, "message": message, "param": param}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def error_response(status: int, code: str, message: str, **kw: Any) -> JSONResponse:
+    headers = kw.pop("headers", None)
+    return JSONResponse(error_body(status, code, message, **kw), status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """``body.llm.input.prompt`` → ``input.prompt``: drop the body root, union tags and type labels."""
+    parts = [str(p) for p in loc]
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+        if parts and parts[0] in DOMAINS:
+            parts = parts[1:]
+    return ".".join(p for p in parts if not any(c in p for c in "[(") and not p.startswith(("constrained-", "function-")))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "invalid_json", "request body is not valid JSON")
+        details = [{"loc": _loc(tuple(e.get("loc", ()))), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        first = details[0] if details else {"loc": None, "msg": "invalid request"}
+        return error_response(422, "validation_error", f"{first['loc'] or 'body'}: {first['msg']}", param=first["loc"] or None, details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,96 @@
+"""Live job events over SSE and WebSocket, resumable from the last event id seen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from sse_starlette import EventSourceResponse
+
+from switchyard.api.deps import Res, Resources
+from switchyard.api.errors import ApiError, error_body
+from switchyard.api.jobs_routes import load_job
+from switchyard.common.contracts import JobEvent, JobStatus
+from switchyard.common.db.models import Job
+from switchyard.common.events import START
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def _resume_point(value: str | None) -> str:
+    if value is None or value == "":
+        return START
+    if not _EVENT_ID.match(value):
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id this API sent", param="Last-Event-ID")
+    return value
+
+
+async def job_events(res: Resources, job: Job, after: str) -> AsyncIterator[JobEvent | None]:
+    """Replay then follow a job's events until it ends; None marks an idle interval."""
+    job_id = str(job.id)
+    if JobStatus(job.status).terminal and not await res.redis.exists(f"switchyard:job:{job_id}:events"):
+        # The stream expired; the row still knows how the job ended.
+        yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
+        return
+    async for event in res.bus.follow(job_id, after=after, block_ms=int(res.settings.stream_keepalive_s * 1000)):
+        yield event
+
+
+@router.get("/{job_id}/events")
+async def sse_events(
+    res: Res,
+    request: Request,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id_q: Annotated[str | None, Query(alias="last_event_id", max_length=48)] = None,
+) -> EventSourceResponse:
+    job = await load_job(res, job_id)
+    after = _resume_point(last_event_id if last_event_id is not None else last_event_id_q)
+
+    async def gen() -> AsyncIterator[dict[str, Any]]:
+        async for event in job_events(res, job, after):
+            if event is None:
+                continue  # sse-starlette sends its own keep-alive pings
+            yield {"id": event.id, "event": event.type, "data": json.dumps(event.data, separators=(",", ":"))}
+
+    return EventSourceResponse(gen(), ping=int(res.settings.stream_keepalive_s), headers={"X-Accel-Buffering": "no"})
+
+
+@router.websocket("/{job_id}/ws")
+async def ws_events(websocket: WebSocket, job_id: str, last_event_id: Annotated[str | None, Query(max_length=48)] = None) -> None:
+    """Messages are ``{"id", "event", "data"}``; reconnect with ``?last_event_id=`` to resume."""
+    res: Resources = websocket.app.state.resources
+    await websocket.accept()
+    try:
+        job = await load_job(res, job_id)
+        after = _resume_point(last_event_id)
+    except ApiError as e:
+        await websocket.send_json({"event": "error", "data": error_body(e.status, e.code, e.message, e.param)})
+        await websocket.close(code=4000 + e.status)
+        return
+
+    async def watch_disconnect() -> None:
+        # The client sends nothing we need; reading notices it going away.
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()
+
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        async for event in job_events(res, job, after):
+            if watcher.done():
+                return
+            if event is None:
+                continue
+            await websocket.send_json({"id": event.id, "event": event.type, "data": event.data})
+        await websocket.close(code=1000)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        watcher.cancel()

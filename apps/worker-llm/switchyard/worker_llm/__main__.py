@@ -1,0 +1,58 @@
+"""LLM worker: polls the ``llm`` task queue and streams generations from the configured engines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import httpx
+from redis.asyncio import Redis
+from temporalio.worker import Worker
+
+from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.db.store import JobStore, make_engine
+from switchyard.common.events import EventBus
+from switchyard.common.logs import setup_logging
+from switchyard.common.model_registry import load_registry
+from switchyard.common.temporal import WORKER_OPTIONS, connect
+from switchyard.worker_llm.activities import LlmActivities
+from switchyard.worker_llm.settings import WorkerSettings
+from switchyard.worker_llm.workflows import LlmJobWorkflow
+
+log = logging.getLogger("switchyard.worker_llm")
+
+
+async def main() -> None:
+    settings = WorkerSettings()
+    setup_logging(settings.log_level)
+    registry = load_registry()
+    client = await connect(settings)
+    db = make_engine(settings.postgres_dsn)
+    redis = Redis.from_url(settings.redis_url)
+    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
+    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256))
+    llm = LlmActivities(books, registry, http)
+    worker = Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[LlmJobWorkflow],
+        activities=[llm.generate, books.finish],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        **WORKER_OPTIONS,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, "models": [m.name for m in registry.models if m.domain == "llm"]}})
+    async with worker:
+        await stop.wait()
+        log.info("shutting down: no new tasks, in-flight ones get the grace period")
+    await http.aclose()
+    await redis.aclose()
+    await db.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,32 @@
+"""Activities every domain worker registers: persist job state and publish its events."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from switchyard.common.contracts import JobOutcome, JobStatus
+from switchyard.common.db.store import JobStore
+from switchyard.common.events import EventBus
+
+
+class JobBookkeeping:
+    def __init__(self, store: JobStore, bus: EventBus) -> None:
+        self.store = store
+        self.bus = bus
+
+    async def start_attempt(self, job_id: str) -> None:
+        """Record that an attempt started (status running, attempt number) and tell the clients."""
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        if await self.store.mark_running(job_id, attempt):
+            await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
+
+    @activity.defn(name="job.finish")
+    async def finish(self, outcome: JobOutcome) -> None:
+        """Persist the final state first, then publish: a client that sees the end can read it."""
+        await self.store.finish(outcome)
+        if outcome.status is JobStatus.succeeded:
+            await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None})
+        payload: dict[str, object] = {"status": outcome.status.value}
+        if outcome.error:
+            payload["error"] = outcome.error.model_dump()
+        await self.bus.publish(outcome.job_id, "status", payload)

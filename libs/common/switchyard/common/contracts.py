@@ -1,0 +1,156 @@
+"""Pydantic models at the boundaries: job requests (API), workflow inputs/outputs (Temporal), events."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from switchyard.common.priority import PriorityValue
+
+# ---------------------------------------------------------------- request bodies (per domain)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=200_000)]
+
+
+class LlmInput(_Strict):
+    """One generation: chat ``messages`` or a raw ``prompt`` (exactly one of them)."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=200_000)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=8192)] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # Fixed per job so a retried generation reproduces what was already streamed.
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] = []
+    # Keep generating until max_tokens even past end-of-sequence (load tests, benchmarks).
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _one_of_messages_or_prompt(self) -> LlmInput:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt'")
+        return self
+
+
+class VisionInput(_Strict):
+    images: Annotated[list[Annotated[str, Field(min_length=4, max_length=8_000_000)]], Field(min_length=1, max_length=32)]
+    top_k: Annotated[int, Field(ge=1, le=20)] = 5
+
+
+class RecsysInput(_Strict):
+    user_id: Annotated[str, Field(min_length=1, max_length=128)]
+    candidate_item_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=1000)]
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 10
+
+
+class _JobCreateBase(_Strict):
+    model: Annotated[str, Field(min_length=1, max_length=128)]
+    priority: PriorityValue | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=32)] = {}
+
+
+class LlmJobCreate(_JobCreateBase):
+    domain: Literal["llm"]
+    input: LlmInput
+
+
+class VisionJobCreate(_JobCreateBase):
+    domain: Literal["vision"]
+    input: VisionInput
+
+
+class RecsysJobCreate(_JobCreateBase):
+    domain: Literal["recsys"]
+    input: RecsysInput
+
+
+JobCreate = Annotated[Union[LlmJobCreate, VisionJobCreate, RecsysJobCreate], Field(discriminator="domain")]
+
+# ---------------------------------------------------------------- job state
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    """Milliseconds. queue: accepted → first attempt started; ttft: attempt start → first token."""
+
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+# ---------------------------------------------------------------- workflow contracts
+
+
+class JobSpec(BaseModel):
+    """Workflow input: everything a worker needs to run one job."""
+
+    job_id: str
+    domain: str
+    model: str
+    input: dict[str, Any]
+    priority_key: int
+    accepted_at_ms: float
+
+
+class LlmGeneration(BaseModel):
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    timings: Timings
+
+
+class JobOutcome(BaseModel):
+    """What a workflow records when it ends (also its return value)."""
+
+    job_id: str
+    status: JobStatus
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+# ---------------------------------------------------------------- events
+
+
+EventType = Literal["status", "token", "reset", "result", "error"]
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's event stream; ``id`` is the Redis Stream id (monotonic, resumable)."""
+
+    id: str
+    type: EventType
+    data: dict[str, Any]

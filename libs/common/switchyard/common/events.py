@@ -1,0 +1,91 @@
+"""Per-job event streams on Redis Streams: workers publish, the API replays and tails.
+
+Stream ids are the event ids clients resume from (SSE ``Last-Event-ID``), so a reconnect gets
+exactly the events after the last one seen. Temporal is not on this path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+
+from switchyard.common.contracts import EventType, JobEvent, JobStatus
+
+_TERMINAL = {s.value for s in JobStatus if s.terminal}
+START = "0-0"
+
+
+def stream_key(job_id: str) -> str:
+    return f"switchyard:job:{job_id}:events"
+
+
+def is_terminal(event: JobEvent) -> bool:
+    return event.type == "status" and event.data.get("status") in _TERMINAL
+
+
+def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> JobEvent:
+    def s(v: bytes | str) -> str:
+        return v.decode() if isinstance(v, bytes) else v
+
+    f = {s(k): s(v) for k, v in fields.items()}
+    return JobEvent(id=s(entry_id), type=f["type"], data=json.loads(f["data"]))  # type: ignore[arg-type]
+
+
+class EventBus:
+    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+
+    async def publish(self, job_id: str, type_: EventType, data: dict[str, Any]) -> str:
+        key = stream_key(job_id)
+        fields = {"type": type_, "data": json.dumps(data, separators=(",", ":"))}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            # Every stream expires: a finished job stays replayable for ttl_s, an abandoned one goes.
+            pipe.expire(key, self.ttl_s)
+            entry_id, _ = await pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def read(self, job_id: str, after: str = START, count: int = 1000) -> list[JobEvent]:
+        """Events strictly after ``after`` (no blocking)."""
+        rows = await self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count)
+        return [_decode(i, f) for i, f in rows]
+
+    async def follow(self, job_id: str, after: str = START, block_ms: int = 15_000) -> AsyncIterator[JobEvent | None]:
+        """Replay then tail the stream; ends after a terminal status event.
+
+        Yields ``None`` when nothing arrived for ``block_ms`` so callers can send keep-alives
+        and notice disconnected clients.
+        """
+        key = stream_key(job_id)
+        last = after
+        while True:
+            resp = await self.redis.xread({key: last}, count=500, block=block_ms)
+            if not resp:
+                yield None
+                continue
+            for entry_id, fields in resp[0][1]:
+                event = _decode(entry_id, fields)
+                last = event.id
+                yield event
+                if is_terminal(event):
+                    return
+
+    async def tokens_since_reset(self, job_id: str) -> list[str]:
+        """Token texts currently valid for a client (after the last ``reset``), in order."""
+        out: list[str] = []
+        last = START
+        while True:
+            batch = await self.read(job_id, after=last, count=5000)
+            if not batch:
+                return out
+            for e in batch:
+                if e.type == "reset":
+                    out = []
+                elif e.type == "token":
+                    out.append(e.data["text"])
+            last = batch[-1].id

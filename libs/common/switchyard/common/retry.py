@@ -1,0 +1,27 @@
+"""Per-domain retry policies. Temporal owns retries: engine clients never retry on their own."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Final
+
+from temporalio.common import RetryPolicy
+
+# Errors that retrying cannot fix (bad input, unknown model...).
+NON_RETRYABLE_ERROR_TYPES: Final[list[str]] = ["InvalidInput", "UnknownModel"]
+
+LLM_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+
+# Bookkeeping activities (database, event stream) retry quickly and for longer.
+BOOKKEEPING_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=20,
+)

@@ -1,0 +1,28 @@
+"""Settings shared by every Switchyard process, read from the environment (prefix ``SWITCHYARD_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    # asyncpg DSN understood by SQLAlchemy.
+    postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # How long a finished job's event stream stays readable (replay, late reconnects).
+    event_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Upper bound of events kept per job stream (tokens included).
+    event_stream_maxlen: int = Field(default=100_000, ge=100)
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def common_settings() -> CommonSettings:
+    return CommonSettings()

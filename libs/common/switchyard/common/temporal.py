@@ -1,0 +1,55 @@
+"""Temporal client and worker helpers shared by the API and every worker app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from switchyard.common.settings import CommonSettings
+
+# How often a running activity reports liveness; a worker that stops (crash, SIGKILL, spot
+# reclaim) is noticed after HEARTBEAT_TIMEOUT and its activity rescheduled elsewhere.
+HEARTBEAT_EVERY = timedelta(seconds=1)
+HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+
+# Worker options every domain worker uses (see docs/architecture.md).
+WORKER_OPTIONS: dict[str, Any] = {
+    # A dead worker's sticky queue otherwise costs 10 s before another worker takes over.
+    "sticky_queue_schedule_to_start_timeout": timedelta(seconds=1),
+    # Deliver heartbeats (and so cancellations) within a second.
+    "max_heartbeat_throttle_interval": HEARTBEAT_EVERY,
+    "default_heartbeat_throttle_interval": HEARTBEAT_EVERY,
+    "graceful_shutdown_timeout": timedelta(seconds=5),
+}
+
+
+async def connect(settings: CommonSettings) -> Client:
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter)
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(details: list[Any]) -> AsyncIterator[None]:
+    """Heartbeat in the background while the body runs, with the current ``details`` (a checkpoint).
+
+    Covers long silent phases such as prompt prefill, so a live activity never times out.
+    """
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(*details)
+            await asyncio.sleep(HEARTBEAT_EVERY.total_seconds())
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

