@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from switchyard.api import errors, jobs_routes, streaming
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources
 from switchyard.api.settings import ApiSettings
 from switchyard.common.db.store import JobStore, make_engine
-from switchyard.common.events import EventBus
+from switchyard.common.events import EventBus, make_redis
 from switchyard.common.model_registry import load_registry
 from switchyard.common.temporal import connect
 
@@ -25,7 +24,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = load_registry()
         db = make_engine(settings.postgres_dsn)
-        redis = Redis.from_url(settings.redis_url)
+        redis = make_redis(settings.redis_url)
         temporal = await connect(settings)
         app.state.resources = Resources(
             settings=settings, store=JobStore(db), redis=redis,

@@ -38,7 +38,7 @@ async def job_events(res: Resources, job: Job, after: str) -> AsyncIterator[JobE
         # The stream expired; the row still knows how the job ended.
         yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
         return
-    async for event in res.bus.follow(job_id, after=after, block_ms=int(res.settings.stream_keepalive_s * 1000)):
+    async for event in res.bus.follow(job_id, after=after, block_ms=min(5000, int(res.settings.stream_keepalive_s * 1000))):
         yield event
 
 

@@ -7,12 +7,11 @@ import logging
 import signal
 
 import httpx
-from redis.asyncio import Redis
 from temporalio.worker import Worker
 
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.db.store import JobStore, make_engine
-from switchyard.common.events import EventBus
+from switchyard.common.events import EventBus, make_redis
 from switchyard.common.logs import setup_logging
 from switchyard.common.model_registry import load_registry
 from switchyard.common.temporal import WORKER_OPTIONS, connect
@@ -29,7 +28,7 @@ async def main() -> None:
     registry = load_registry()
     client = await connect(settings)
     db = make_engine(settings.postgres_dsn)
-    redis = Redis.from_url(settings.redis_url)
+    redis = make_redis(settings.redis_url)
     books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256))
     llm = LlmActivities(books, registry, http)

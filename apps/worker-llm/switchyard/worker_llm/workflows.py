@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from datetime import timedelta
@@ -43,10 +43,12 @@ class LlmJobWorkflow:
                 usage=gen.usage,
                 timings=gen.timings,
             )
-        except asyncio.CancelledError:
-            await self._finish(JobOutcome(job_id=spec.job_id, status=JobStatus.cancelled))
-            raise
-        except ActivityError as e:
+        except (asyncio.CancelledError, ActivityError) as e:
+            # A cancelled job surfaces as CancelledError, or as ActivityError caused by one once
+            # the activity has acknowledged the cancellation.
+            if isinstance(e, asyncio.CancelledError) or isinstance(e.cause, CancelledError):
+                await self._finish(JobOutcome(job_id=spec.job_id, status=JobStatus.cancelled))
+                raise
             outcome = JobOutcome(job_id=spec.job_id, status=JobStatus.failed, error=error_of(e))
         await self._finish(outcome)
         return outcome

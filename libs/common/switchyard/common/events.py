@@ -18,6 +18,11 @@ _TERMINAL = {s.value for s in JobStatus if s.terminal}
 START = "0-0"
 
 
+def make_redis(url: str) -> Redis:
+    # Reads are bounded by the client's own XREAD BLOCK time, kept well under socket_timeout.
+    return Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+
+
 def stream_key(job_id: str) -> str:
     return f"switchyard:job:{job_id}:events"
 
@@ -55,7 +60,7 @@ class EventBus:
         rows = await self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count)
         return [_decode(i, f) for i, f in rows]
 
-    async def follow(self, job_id: str, after: str = START, block_ms: int = 15_000) -> AsyncIterator[JobEvent | None]:
+    async def follow(self, job_id: str, after: str = START, block_ms: int = 5_000) -> AsyncIterator[JobEvent | None]:
         """Replay then tail the stream; ends after a terminal status event.
 
         Yields ``None`` when nothing arrived for ``block_ms`` so callers can send keep-alives

@@ -1,0 +1,93 @@
+"""Every malformed, oversized or hostile request gets a precise 4xx in the one error shape."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from switchyard.devstack.client import LLM_MODEL, JobClient, llm_job
+
+OK_INPUT = {"prompt": "hi", "max_tokens": 2}
+
+
+def _post(client: JobClient, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.http.post("/v1/jobs", content=content, headers={"content-type": "application/json", **(headers or {})})
+
+
+def _assert_error(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) >= {"type", "code", "message", "param"} and err["code"] == code and err["message"]
+    return err
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{", 400, "invalid_json"),
+        (b"", 422, "validation_error"),  # no body at all
+        (b'{"domain": "llm", "model": "x", "input": {"prompt": "\xff\xfe"}}', 400, "invalid_json"),  # invalid UTF-8
+        (b"[]", 422, "validation_error"),
+        (b'"just a string"', 422, "validation_error"),
+        (b'{"domain": "audio", "model": "m", "input": {}}', 422, "validation_error"),
+        (b'{"model": "m", "input": {}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "nope", "input": {"prompt": "hi"}}', 404, "model_not_found"),
+        (b'{"domain": "vision", "model": "' + LLM_MODEL.encode() + b'", "input": {"images": ["aGVsbG8="]}}', 404, "model_not_found"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": 5}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a", "max_tokens": -1}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a", "max_tokens": 10000000}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"messages": []}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"messages": [{"role": "wizard", "content": "x"}]}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a", "messages": [{"role": "user", "content": "x"}]}}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a"}, "priority": 9}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a"}, "priority": "urgent"}', 422, "validation_error"),
+        (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a"}, "surprise": 1}', 422, "validation_error"),
+        (b"{\"a\":" * 5000 + b"1" + b"}" * 5000, 400, "invalid_json"),  # deeply nested: refused, not a crash
+    ],
+)
+def test_bad_job_bodies(client: JobClient, body: bytes, status: int, code: str) -> None:
+    _assert_error(_post(client, body), status, code)
+
+
+def test_validation_error_names_the_field(client: JobClient) -> None:
+    err = _assert_error(client.http.post("/v1/jobs", json={"domain": "llm", "model": LLM_MODEL, "input": {"prompt": "a", "temperature": 9}}), 422, "validation_error")
+    assert err["param"] == "input.temperature"
+    assert err["details"][0]["loc"] == "input.temperature"
+
+
+def test_oversized_body_is_refused_at_the_edge_and_in_the_api(stack, client: JobClient) -> None:  # type: ignore[no-untyped-def]
+    big = b'{"domain":"llm","model":"m","input":{"prompt":"' + b"a" * (stack.cfg.max_body_bytes + 10) + b'"}}'
+    _assert_error(_post(client, big), 413, "body_too_large")
+    direct = httpx.post(f"http://127.0.0.1:{stack.cfg.api_port}/v1/jobs", content=big, headers={"content-type": "application/json"}, timeout=30)
+    _assert_error(direct, 413, "body_too_large")
+
+
+def test_bad_priority_header(client: JobClient) -> None:
+    _assert_error(client.http.post("/v1/jobs", json=llm_job(), headers={"X-Priority": "11"}), 422, "invalid_priority")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/{id}", "/v1/jobs/{id}/events"])
+@pytest.mark.parametrize(("job_id", "status", "code"), [(str(uuid.uuid4()), 404, "job_not_found"), ("not-a-uuid", 404, "job_not_found"), ("%00%01", 400, "bad_request")])
+def test_unknown_job_ids(client: JobClient, path: str, job_id: str, status: int, code: str) -> None:
+    _assert_error(client.http.get(path.format(id=job_id)), status, code)
+
+
+def test_unknown_job_cancel_and_route(client: JobClient) -> None:
+    _assert_error(client.http.delete(f"/v1/jobs/{uuid.uuid4()}"), 404, "job_not_found")
+    _assert_error(client.http.get("/v1/nothing-here"), 404, "not_found")
+    _assert_error(client.http.put("/v1/jobs"), 405, "method_not_allowed")
+
+
+def test_bad_list_parameters(client: JobClient) -> None:
+    _assert_error(client.http.get("/v1/jobs", params={"limit": 0}), 422, "validation_error")
+    _assert_error(client.http.get("/v1/jobs", params={"status": "sleeping"}), 422, "validation_error")
+    _assert_error(client.http.get("/v1/jobs", params={"cursor": "!!!"}), 422, "invalid_cursor")
+
+
+def test_bad_last_event_id(client: JobClient) -> None:
+    job_id = client.submit(llm_job(max_tokens=2))
+    _assert_error(client.http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "drop table"}), 400, "invalid_last_event_id")
+    list(client.events(job_id))

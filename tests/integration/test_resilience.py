@@ -1,0 +1,68 @@
+"""Crashes and restarts lose nothing; priority overtakes a backlog."""
+
+from __future__ import annotations
+
+import time
+
+from switchyard.devstack.client import Event, JobClient, llm_job, visible_text
+from switchyard.devstack.stack import Stack
+
+
+def _wait_tokens(events_iter, seen: list[Event], n: int) -> None:  # type: ignore[no-untyped-def]
+    for e in events_iter:
+        seen.append(e)
+        if e.type == "token" and e.data["index"] >= n:
+            return
+    raise AssertionError("stream ended early")
+
+
+def test_worker_sigkill_mid_job_then_restart_completes_the_job(stack: Stack, client: JobClient) -> None:
+    job_id = client.submit(llm_job("Write a long poem about the sea.", max_tokens=300, ignore_eos=True, seed=11))
+    seen: list[Event] = []
+    stream = client.events(job_id)
+    _wait_tokens(stream, seen, 20)
+    stream.close()
+    stack.procs["worker-llm"].kill()
+    stack.procs["worker-llm"].start()
+    stack.procs["worker-llm"].wait_ready()
+    rest = list(client.events(job_id, last_event_id=seen[-1].id))
+    job = client.get(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] >= 2
+    events = seen + rest
+    assert {"status": "running", "attempt": 2} in [e.data for e in events if e.type == "status"]
+    # Whatever the retry did (resumed in place, or reset and resent), the client's view is whole.
+    assert visible_text(events) == job["result"]["text"]
+    assert job["usage"]["completion_tokens"] == 300
+
+
+def test_api_restart_mid_job_keeps_the_job_and_its_events(stack: Stack, client: JobClient) -> None:
+    job_id = client.submit(llm_job("Describe a busy railway station.", max_tokens=200, ignore_eos=True))
+    seen: list[Event] = []
+    stream = client.events(job_id)
+    _wait_tokens(stream, seen, 10)
+    stream.close()
+    stack.restart("api")
+    rest = list(client.events(job_id, last_event_id=seen[-1].id))
+    job = client.get(job_id)
+    assert job["status"] == "succeeded"
+    events = seen + rest
+    assert [e.data["index"] for e in events if e.type == "token"] == list(range(200))
+    assert visible_text(events) == job["result"]["text"]
+
+
+def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, client: JobClient) -> None:
+    assert stack.cfg.worker_concurrency == 1, "this test needs a worker with one activity slot"
+    blocker = client.submit(llm_job("Keep talking.", max_tokens=150, ignore_eos=True, priority="normal"))
+    # Wait until the blocker holds the only slot, so everything after it queues.
+    for e in client.events(blocker):
+        if e.type == "token":
+            break
+    low = [client.submit(llm_job(f"Low job {i}", max_tokens=4, priority=5)) for i in range(5)]
+    high = client.submit(llm_job("High job", max_tokens=4, priority="high"))
+    for job_id in [blocker, *low, high]:
+        list(client.events(job_id))
+    started = {j: client.get(j)["started_at"] for j in [*low, high]}
+    assert all(client.get(j)["status"] == "succeeded" for j in started)
+    assert started[high] < min(started[j] for j in low), started
+    assert client.get(high)["priority"] == 1 and client.get(low[0])["priority"] == 5
