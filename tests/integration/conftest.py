@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-
 from switchyard.devstack.client import JobClient
 from switchyard.devstack.stack import Stack, StackConfig
 

@@ -6,7 +6,6 @@ import uuid
 
 import httpx
 import pytest
-
 from switchyard.devstack.client import LLM_MODEL, JobClient, llm_job
 
 OK_INPUT = {"prompt": "hi", "max_tokens": 2}

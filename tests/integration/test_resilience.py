@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from switchyard.devstack.client import Event, JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
 

@@ -7,8 +7,6 @@ import logging
 import signal
 
 import httpx
-from temporalio.worker import Worker
-
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
@@ -18,6 +16,7 @@ from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.settings import WorkerSettings
 from switchyard.worker_llm.workflows import LlmJobWorkflow
+from temporalio.worker import Worker
 
 log = logging.getLogger("switchyard.worker_llm")
 

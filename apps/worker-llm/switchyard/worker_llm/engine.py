@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
-
 from switchyard.common.contracts import LlmInput, Usage
 
 

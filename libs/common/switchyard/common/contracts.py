@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from switchyard.common.priority import PriorityValue
 
 # ---------------------------------------------------------------- request bodies (per domain)
@@ -74,7 +73,7 @@ class RecsysJobCreate(_JobCreateBase):
     input: RecsysInput
 
 
-JobCreate = Annotated[Union[LlmJobCreate, VisionJobCreate, RecsysJobCreate], Field(discriminator="domain")]
+JobCreate = Annotated[LlmJobCreate | VisionJobCreate | RecsysJobCreate, Field(discriminator="domain")]
 
 # ---------------------------------------------------------------- job state
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, Union
+from typing import Annotated, Final, Literal
 
 from pydantic import Field
 
 PriorityName = Literal["high", "normal", "low"]
-PriorityValue = Union[Annotated[int, Field(ge=1, le=5)], PriorityName]
+PriorityValue = Annotated[int, Field(ge=1, le=5)] | PriorityName
 
 NAMED: Final[dict[str, int]] = {"high": 1, "normal": 3, "low": 5}
 DEFAULT_PRIORITY: Final[int] = 3

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import redis
 from sqlalchemy.engine import make_url
-
 from switchyard.common.db.migrate import upgrade
 from switchyard.devstack import models
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
@@ -109,7 +108,7 @@ async def _reachable_pg(dsn: str) -> bool:
     url = make_url(dsn)
     try:
         conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password, database="postgres", timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
