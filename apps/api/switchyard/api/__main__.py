@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 from switchyard.api.app import create_app
 from switchyard.api.settings import ApiSettings
@@ -10,6 +12,11 @@ from switchyard.common.logs import setup_logging
 
 def main() -> None:
     settings = ApiSettings()
+    if "--check" in sys.argv[1:]:
+        # Packaging smoke test: every import resolves and the app builds.
+        create_app(settings)
+        print(f"switchyard-api ok: would listen on {settings.api_host}:{settings.api_port}")
+        return
     setup_logging(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)

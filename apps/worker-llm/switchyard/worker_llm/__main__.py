@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import httpx
 from switchyard.common.bookkeeping import JobBookkeeping
@@ -53,4 +54,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--check" in sys.argv[1:]:
+        # Packaging smoke test: every import resolved above; settings parse.
+        print(f"switchyard-worker-llm ok: task queue {WorkerSettings().task_queue!r}")
+    else:
+        asyncio.run(main())

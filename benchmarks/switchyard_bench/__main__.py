@@ -1,0 +1,38 @@
+"""Switchyard benchmarks on a local stack: ``./switchyard bench [submit|ttft]``.
+
+Each benchmark measures the platform and, in the same run, a baseline without it (the engine
+called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from switchyard.devstack.stack import Stack, StackConfig
+from switchyard_bench import submit, ttft
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="switchyard bench")
+    ap.add_argument("which", nargs="*", help="submit and/or ttft (default: both)")
+    ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
+    args = ap.parse_args()
+    args.which = args.which or ["submit", "ttft"]
+    if set(args.which) - {"submit", "ttft"}:
+        ap.error("benchmarks: submit, ttft")
+    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=args.postgres_dsn, worker_concurrency=4, engine_parallel=4)
+    stack = Stack(cfg)
+    stack.start()
+    try:
+        if "submit" in args.which:
+            submit.run(stack)
+        if "ttft" in args.which:
+            ttft.run(stack)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Latency statistics and the result table every benchmark prints."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 100 samples is the 99th value)."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def summarize(name: str, ms: list[float], seconds: float, baseline: str | None = None) -> dict[str, Any]:
+    return {"name": name, "n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(pct(ms, 99), 2),
+            "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(max(ms), 2), "throughput_rps": round(len(ms) / seconds, 1), "baseline": baseline}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    by_name = {r["name"]: r for r in rows}
+    head = f"| {'measurement':<44} | {'n':>4} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>7} | {'p50 vs baseline':>22} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        base = by_name.get(r["baseline"] or "")
+        ratio = f"x{r['p50_ms'] / base['p50_ms']:.2f} (+{r['p50_ms'] - base['p50_ms']:.1f} ms)" if base else "baseline"
+        lines.append(f"| {r['name']:<44} | {r['n']:>4} | {r['p50_ms']:>8.2f} | {r['p99_ms']:>8.2f} | {r['throughput_rps']:>7.1f} | {ratio:>22} |")
+    return "\n".join(lines)
+
+
+def save(bench: str, rows: list[dict[str, Any]], notes: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"bench": bench, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.python_version()}", **notes}
+    out = RESULTS / f"{bench}.json"
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / f"{bench}.md").write_text(f"# {bench}\n\n{json.dumps(meta, indent=2)}\n\n{table(rows)}\n")
+    return out
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
