@@ -72,16 +72,17 @@ def run(stack: Stack, n: int = 60) -> None:
     for workers in (1, 4):
         d_name, l_name = f"engine direct, concurrency {workers}", f"via Nginx+API+Temporal, concurrency {workers}"
         # Alternate short rounds so both sides see the same machine conditions.
-        dm, dd, ds, lm, ld, ls = [], [], [], [], [], []
+        acc: dict[str, tuple[list[float], list[float], list[float]]] = {d_name: ([], [], []), l_name: ([], [], [])}
         for _ in range(4):
-            a, b, c = _measure(engine_direct, stack, n // 4, workers)
-            dm += a; dd += b; ds.append(c)
-            a, b, c = _measure(through_lane, stack, n // 4, workers)
-            lm += a; ld += b; ls.append(c)
-        rows.append(summarize(d_name, dm, sum(ds)))
-        rows.append(summarize(l_name, lm, sum(ls), baseline=d_name))
-        decode[d_name] = round(sum(dd) / len(dd), 1)
-        decode[l_name] = round(sum(ld) / len(ld), 1)
+            for name, fn in ((d_name, engine_direct), (l_name, through_lane)):
+                ttfts, rates, secs = _measure(fn, stack, n // 4, workers)
+                acc[name][0].extend(ttfts)
+                acc[name][1].extend(rates)
+                acc[name][2].append(secs)
+        for name in (d_name, l_name):
+            ttfts, rates, secs = acc[name]
+            rows.append(summarize(name, ttfts, sum(secs), baseline=None if name == d_name else d_name))
+            decode[name] = round(sum(rates) / len(rates), 1)
     print(f"\nLLM time to first token (SmolLM2-135M on llama.cpp, 1 thread, {MAX_TOKENS} tokens, cold prompts)")
     print(table(rows))
     print("decode tokens/s per stream: " + ", ".join(f"{k}: {v}" for k, v in decode.items()))

@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+
 from switchyard.devstack.client import LLM_MODEL, JobClient, llm_job
 
 OK_INPUT = {"prompt": "hi", "max_tokens": 2}

@@ -7,9 +7,10 @@ import re
 import time
 
 import httpx
+from websockets.sync.client import connect as ws_connect
+
 from switchyard.devstack.client import Event, JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
-from websockets.sync.client import connect as ws_connect
 
 
 def _token_indexes(events: list[Event]) -> list[int]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
+
 from switchyard.common.contracts import JobCreate, JobStatus, LlmInput
 from switchyard.common.priority import priority_key
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import uvicorn
+
 from switchyard.api.app import create_app
 from switchyard.api.settings import ApiSettings
 from switchyard.common.logs import setup_logging

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
 from switchyard.api import errors, jobs_routes, streaming
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from switchyard.api.errors import error_body
 
 

@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from temporalio.client import Client
+
 from switchyard.api.settings import ApiSettings
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 from switchyard.common.model_registry import ModelRegistry
-from temporalio.client import Client
 
 
 @dataclass

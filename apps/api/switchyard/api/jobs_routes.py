@@ -14,6 +14,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from redis.exceptions import RedisError
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import Priority, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
 from switchyard.api.jobs_views import JobAccepted, JobPage, JobView
@@ -21,9 +25,6 @@ from switchyard.common.contracts import JobCreate, JobSpec, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.priority import PriorityValue, priority_key
 from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.common import Priority, WorkflowIDReusePolicy
-from temporalio.service import RPCError
 
 log = logging.getLogger("switchyard.api.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

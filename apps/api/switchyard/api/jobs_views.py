@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel
+
 from switchyard.common.contracts import JobError, JobStatus, Timings, Usage
 from switchyard.common.db.models import Job
 

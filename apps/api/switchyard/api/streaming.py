@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
+
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
 from switchyard.api.jobs_routes import load_job

@@ -8,6 +8,8 @@ import signal
 import sys
 
 import httpx
+from temporalio.worker import Worker
+
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
@@ -17,7 +19,6 @@ from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.settings import WorkerSettings
 from switchyard.worker_llm.workflows import LlmJobWorkflow
-from temporalio.worker import Worker
 
 log = logging.getLogger("switchyard.worker_llm")
 

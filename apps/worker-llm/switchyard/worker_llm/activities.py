@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.contracts import JobSpec, LlmGeneration, LlmInput, Timings, Usage
 from switchyard.common.model_registry import ModelRegistry
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.engine import EngineError, OpenAIEngine
-from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 
 class LlmActivities:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
+
 from switchyard.common.contracts import LlmInput, Usage
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from temporalio import activity
+
 from switchyard.common.contracts import JobOutcome, JobStatus
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
-from temporalio import activity
 
 
 class JobBookkeeping:

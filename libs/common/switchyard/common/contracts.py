@@ -6,6 +6,7 @@ import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from switchyard.common.priority import PriorityValue
 
 # ---------------------------------------------------------------- request bodies (per domain)

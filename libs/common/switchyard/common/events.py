@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
+
 from switchyard.common.contracts import EventType, JobEvent, JobStatus
 
 _TERMINAL = {s.value for s in JobStatus if s.terminal}

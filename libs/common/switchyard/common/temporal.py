@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from switchyard.common.settings import CommonSettings
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+
+from switchyard.common.settings import CommonSettings
 
 # How often a running activity reports liveness; a worker that stops (crash, SIGKILL, spot
 # reclaim) is noticed after HEARTBEAT_TIMEOUT and its activity rescheduled elsewhere.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 from sqlalchemy.engine import make_url
+
 from switchyard.common.db.migrate import upgrade
 from switchyard.devstack import models
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
@@ -93,6 +94,22 @@ def render_nginx(cfg: StackConfig) -> Path:
     out = state / "nginx.conf"
     out.write_text(tmpl)
     return out
+
+
+def drop_database(dsn: str) -> None:
+    """Drop a (test) database, disconnecting whoever still uses it."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = make_url(dsn)
+
+    async def drop() -> None:
+        engine = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        await engine.dispose()
+
+    asyncio.run(drop())
 
 
 def _reachable_redis(url: str) -> bool:

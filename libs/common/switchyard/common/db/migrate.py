@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
 from switchyard.common.settings import common_settings
 
 
