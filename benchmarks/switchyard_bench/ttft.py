@@ -75,14 +75,14 @@ def run(stack: Stack, n: int = 60) -> None:
         acc: dict[str, tuple[list[float], list[float], list[float]]] = {d_name: ([], [], []), l_name: ([], [], [])}
         for _ in range(4):
             for name, fn in ((d_name, engine_direct), (l_name, through_lane)):
-                ttfts, rates, secs = _measure(fn, stack, n // 4, workers)
+                ttfts, rates, elapsed = _measure(fn, stack, n // 4, workers)
                 acc[name][0].extend(ttfts)
                 acc[name][1].extend(rates)
-                acc[name][2].append(secs)
+                acc[name][2].append(elapsed)
         for name in (d_name, l_name):
-            ttfts, rates, secs = acc[name]
-            rows.append(summarize(name, ttfts, sum(secs), baseline=None if name == d_name else d_name))
-            decode[name] = round(sum(rates) / len(rates), 1)
+            all_ttfts, all_rates, all_secs = acc[name]
+            rows.append(summarize(name, all_ttfts, sum(all_secs), baseline=None if name == d_name else d_name))
+            decode[name] = round(sum(all_rates) / len(all_rates), 1)
     print(f"\nLLM time to first token (SmolLM2-135M on llama.cpp, 1 thread, {MAX_TOKENS} tokens, cold prompts)")
     print(table(rows))
     print("decode tokens/s per stream: " + ", ".join(f"{k}: {v}" for k, v in decode.items()))

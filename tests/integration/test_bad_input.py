@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -16,10 +17,10 @@ def _post(client: JobClient, content: bytes, headers: dict[str, str] | None = No
     return client.http.post("/v1/jobs", content=content, headers={"content-type": "application/json", **(headers or {})})
 
 
-def _assert_error(r: httpx.Response, status: int, code: str) -> dict:
+def _assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
+    err: dict[str, Any] = r.json()["error"]
     assert set(err) >= {"type", "code", "message", "param"} and err["code"] == code and err["message"]
     return err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Any
 
 import httpx
 from websockets.sync.client import connect as ws_connect
@@ -42,11 +43,11 @@ def test_llm_job_streams_tokens_over_sse(client: JobClient) -> None:
 def test_llm_job_streams_over_websocket_and_resumes(stack: Stack, client: JobClient) -> None:
     job_id = client.submit(llm_job(max_tokens=40, ignore_eos=True))
     url = stack.ingress.replace("http://", "ws://") + f"/v1/jobs/{job_id}/ws"
-    first: list[dict] = []
+    first: list[dict[str, Any]] = []
     with ws_connect(url, open_timeout=10) as ws:
         while len([m for m in first if m["event"] == "token"]) < 5:
             first.append(json.loads(ws.recv(timeout=30)))
-    rest: list[dict] = []
+    rest: list[dict[str, Any]] = []
     with ws_connect(url + f"?last_event_id={first[-1]['id']}", open_timeout=10) as ws:
         for raw in ws:
             rest.append(json.loads(raw))
@@ -131,7 +132,8 @@ def test_idempotency_key_returns_the_same_job(client: JobClient) -> None:
 
 def test_list_jobs_filters_and_paginates(client: JobClient) -> None:
     ids = {client.run(llm_job(max_tokens=2, metadata={"suite": "list"}))[0]["id"] for _ in range(3)}
-    pages, cursor = [], None
+    pages: list[str] = []
+    cursor: str | None = None
     while True:
         r = client.http.get("/v1/jobs", params={"status": "succeeded", "domain": "llm", "limit": 2, **({"cursor": cursor} if cursor else {})})
         assert r.status_code == 200

@@ -25,7 +25,7 @@ def test_domain_selects_the_input_model() -> None:
     "inp",
     [{}, {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, {"prompt": ""}, {"prompt": "a", "max_tokens": 0}, {"prompt": "a", "top_p": 0}],
 )
-def test_llm_input_rejects(inp: dict) -> None:
+def test_llm_input_rejects(inp: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         LlmInput.model_validate(inp)
 

@@ -57,7 +57,7 @@ class EventBus:
 
     async def read(self, job_id: str, after: str = START, count: int = 1000) -> list[JobEvent]:
         """Events strictly after ``after`` (no blocking)."""
-        rows = await self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count)
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count)  # type: ignore[assignment]
         return [_decode(i, f) for i, f in rows]
 
     async def follow(self, job_id: str, after: str = START, block_ms: int = 5_000) -> AsyncIterator[JobEvent | None]:
@@ -69,7 +69,7 @@ class EventBus:
         key = stream_key(job_id)
         last = after
         while True:
-            resp = await self.redis.xread({key: last}, count=500, block=block_ms)
+            resp: Any = await self.redis.xread({key: last}, count=500, block=block_ms)
             if not resp:
                 yield None
                 continue

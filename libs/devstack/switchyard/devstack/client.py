@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class JobClient:
         r.raise_for_status()
         return r.json()  # type: ignore[no-any-return]
 
-    def events(self, job_id: str, last_event_id: str | None = None, timeout: float = 120.0) -> Iterator[Event]:
+    def events(self, job_id: str, last_event_id: str | None = None, timeout: float = 120.0) -> Generator[Event, None, None]:
         """Follow the SSE stream until the server closes it (the job ended)."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0)) as c:

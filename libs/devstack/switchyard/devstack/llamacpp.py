@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-import xllamacpp
+import xllamacpp  # type: ignore[import-untyped]
 
 
 def main() -> None:

