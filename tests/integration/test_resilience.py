@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from switchyard.devstack.client import Event, JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
 
@@ -64,3 +66,38 @@ def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, cli
     assert all(client.get(j)["status"] == "succeeded" for j in started)
     assert started[high] < min(started[j] for j in low), started
     assert client.get(high)["priority"] == 1 and client.get(low[0])["priority"] == 5
+
+
+def test_job_accepted_while_temporal_is_down_runs_once_it_is_back(stack: Stack, client: JobClient) -> None:
+    temporal = stack.procs["temporal"]
+    temporal.kill()
+    try:
+        r = client.http.post("/v1/jobs", json=llm_job("Hello again.", max_tokens=8))
+        # Accepted: the row is committed; the workflow start waits in the outbox.
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        time.sleep(2)
+        assert client.get(job_id)["status"] == "queued"
+    finally:
+        temporal.start()
+        temporal.wait_ready()
+    events = list(client.events(job_id, timeout=120))
+    job = client.get(job_id)
+    assert job["status"] == "succeeded", job
+    assert events[0].data == {"status": "queued"} and visible_text(events) == job["result"]["text"]
+
+
+def test_cancel_before_the_workflow_starts(stack: Stack, client: JobClient) -> None:
+    temporal = stack.procs["temporal"]
+    temporal.kill()
+    try:
+        job_id = client.submit(llm_job("Never mind.", max_tokens=8))
+        r = client.http.delete(f"/v1/jobs/{job_id}")
+        assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    finally:
+        temporal.start()
+        temporal.wait_ready()
+    events = list(client.events(job_id, timeout=60))
+    assert events[-1].data["status"] == "cancelled" and not [e for e in events if e.type == "token"]
+    time.sleep(3)  # the sweeper must not resurrect it
+    assert client.get(job_id)["status"] == "cancelled"

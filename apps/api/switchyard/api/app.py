@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from switchyard.api import errors, jobs_routes, streaming
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources
+from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
@@ -26,12 +27,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         db = make_engine(settings.postgres_dsn)
         redis = make_redis(settings.redis_url)
         temporal = await connect(settings)
-        app.state.resources = Resources(
-            settings=settings, store=JobStore(db), redis=redis,
-            bus=EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen),
-            temporal=temporal, registry=registry,
-        )
+        store = JobStore(db)
+        bus = EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen)
+        dispatcher = Dispatcher(store, bus, temporal)
+        dispatcher.start()
+        app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, registry=registry, dispatcher=dispatcher)
         yield
+        await dispatcher.close()
         await redis.aclose()
         await db.dispose()
 

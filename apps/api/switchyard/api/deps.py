@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from temporalio.client import Client
 
+from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
@@ -23,6 +24,7 @@ class Resources:
     bus: EventBus
     temporal: Client
     registry: ModelRegistry
+    dispatcher: Dispatcher
 
 
 def _resources(request: Request) -> Resources:

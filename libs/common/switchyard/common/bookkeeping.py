@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from switchyard.common.contracts import JobOutcome, JobStatus
 from switchyard.common.db.store import JobStore
@@ -15,15 +16,20 @@ class JobBookkeeping:
         self.bus = bus
 
     async def start_attempt(self, job_id: str) -> None:
-        """Record that an attempt started (status running, attempt number) and tell the clients."""
-        attempt = activity.info().attempt if activity.in_activity() else 1
-        if await self.store.mark_running(job_id, attempt):
-            await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
+        """Record that an attempt started (status running, attempt number) and tell the clients.
+
+        A job that already ended (cancelled before its workflow ran) must not run at all.
+        """
+        attempt = activity.info().attempt
+        if not await self.store.mark_running(job_id, attempt):
+            raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
+        await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
 
     @activity.defn(name="job.finish")
     async def finish(self, outcome: JobOutcome) -> None:
         """Persist the final state first, then publish: a client that sees the end can read it."""
-        await self.store.finish(outcome)
+        if not await self.store.finish(outcome):
+            return  # already ended (e.g. cancelled before it ran): its end was published then
         if outcome.status is JobStatus.succeeded:
             await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None})
         payload: dict[str, object] = {"status": outcome.status.value}

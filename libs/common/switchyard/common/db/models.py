@@ -33,8 +33,14 @@ class Job(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set once the job's workflow exists (transactional outbox: see docs/architecture.md).
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"), Index("ix_jobs_domain_created", "domain", "created_at"))
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_domain_created", "domain", "created_at"),
+        Index("ix_jobs_undispatched", "created_at", postgresql_where=dispatched_at.is_(None)),
+    )

@@ -57,6 +57,29 @@ class JobStore:
             if job is not None:
                 await s.delete(job)
 
+    async def mark_dispatched(self, job_id: uuid.UUID) -> None:
+        async with self.sessions.begin() as s:
+            await s.execute(update(Job).where(Job.id == job_id).values(dispatched_at=func.now()))
+
+    async def undispatched(self, older_than_s: float, limit: int) -> list[Job]:
+        """Accepted jobs whose workflow start has not been confirmed for a while (oldest first)."""
+        cutoff = func.now() - dt.timedelta(seconds=older_than_s)
+        q = (select(Job).where(Job.dispatched_at.is_(None), Job.status == JobStatus.queued.value, Job.created_at < cutoff)
+             .order_by(Job.created_at).limit(limit))
+        async with self.sessions() as s:
+            return list((await s.execute(q)).scalars())
+
+    async def cancel_undispatched(self, job_id: uuid.UUID) -> bool:
+        """Cancel a job whose workflow was never started; False if it was dispatched or ended."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued.value, Job.dispatched_at.is_(None))
+            .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now())
+        )
+        async with self.sessions.begin() as s:
+            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
+            return result.rowcount > 0
+
     async def mark_running(self, job_id: str, attempt: int) -> bool:
         """queued/running → running with the attempt number; False if the job already ended."""
         stmt = (
@@ -68,7 +91,8 @@ class JobStore:
             result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
             return result.rowcount > 0
 
-    async def finish(self, outcome: JobOutcome) -> None:
+    async def finish(self, outcome: JobOutcome) -> bool:
+        """Record the end of a job; False if it had already ended (nothing changed)."""
         stmt = (
             update(Job)
             .where(Job.id == uuid.UUID(outcome.job_id), Job.status.in_(_NOT_TERMINAL))
@@ -83,4 +107,5 @@ class JobStore:
             )
         )
         async with self.sessions.begin() as s:
-            await s.execute(stmt)
+            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
+            return result.rowcount > 0

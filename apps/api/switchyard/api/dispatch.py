@@ -1,0 +1,91 @@
+"""Transactional outbox between PostgreSQL and Temporal.
+
+A job is accepted once its row is committed. Starting its workflow happens right after, off the
+request path, so Temporal's latency tail (and its outages) never reach the client's ``202``. A
+sweeper dispatches whatever was not confirmed (API crash, Temporal or Redis down) until it is.
+Starting is idempotent: the workflow id is the job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.exceptions import RedisError
+from temporalio.client import Client
+from temporalio.common import Priority, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from switchyard.common.contracts import JobSpec, JobStatus
+from switchyard.common.db.models import Job
+from switchyard.common.db.store import JobStore
+from switchyard.common.events import EventBus, stream_key
+from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
+
+log = logging.getLogger("switchyard.api.dispatch")
+
+
+def spec_of(job: Job) -> JobSpec:
+    return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=job.input, priority_key=job.priority,
+                   accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000)
+
+
+class Dispatcher:
+    def __init__(self, store: JobStore, bus: EventBus, temporal: Client, *, sweep_every_s: float = 1.0, grace_s: float = 2.0) -> None:
+        self.store, self.bus, self.temporal = store, bus, temporal
+        self.sweep_every_s, self.grace_s = sweep_every_s, grace_s
+        self._inflight: set[asyncio.Task[bool]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def dispatch_soon(self, job: Job) -> None:
+        task = asyncio.create_task(self.dispatch(job))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def dispatch(self, job: Job) -> bool:
+        """Publish ``queued`` (once) and start the workflow; True once the workflow exists."""
+        job_id = str(job.id)
+        try:
+            # "queued" goes out before the workflow exists, so it is always the stream's first event.
+            if not await self.bus.redis.exists(stream_key(job_id)):
+                await self.bus.publish(job_id, "status", {"status": JobStatus.queued.value})
+            await self.temporal.start_workflow(
+                WORKFLOW_TYPES[job.domain], spec_of(job), id=job_id, task_queue=TASK_QUEUES[job.domain],
+                priority=Priority(priority_key=job.priority), id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # an earlier try got through
+        except (RPCError, RedisError, OSError) as e:
+            log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+            return False
+        await self.store.mark_dispatched(job.id)
+        return True
+
+    async def sweep_once(self) -> int:
+        jobs = await self.store.undispatched(self.grace_s, limit=200)
+        for job in jobs:
+            if not await self.dispatch(job):
+                break  # the orchestrator is down: try again next round
+        return len(jobs)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every_s)
+            try:
+                await self.sweep_once()
+            except Exception:  # keep sweeping whatever one round hit (database restart...)
+                log.exception("sweep failed")
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=timeout_s)
