@@ -111,7 +111,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
-    rows = await res.store.list(status=status.value if status else None, domain=domain, limit=limit + 1, before=_decode_cursor(cursor) if cursor else None)
+    rows = await res.store.page(status=status.value if status else None, domain=domain, limit=limit + 1, before=_decode_cursor(cursor) if cursor else None)
     page = rows[:limit]
     return JobPage(data=[JobView.of(j) for j in page], next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
 

@@ -39,7 +39,7 @@ class JobStore:
         async with self.sessions() as s:
             return await s.get(Job, job_id)
 
-    async def list(self, *, status: str | None, domain: str | None, limit: int, before: tuple[dt.datetime, uuid.UUID] | None) -> list[Job]:
+    async def page(self, *, status: str | None, domain: str | None, limit: int, before: tuple[dt.datetime, uuid.UUID] | None) -> list[Job]:
         """Newest first, keyset-paginated on (created_at, id)."""
         q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         if status:
