@@ -64,7 +64,7 @@ def run(stack: Stack) -> None:
     # The same while the worker and engine drain that backlog on the same two cores.
     ms, s = _timed(lambda: post(edge), N // 2)
     rows.append(summarize("POST /v1/jobs via Nginx, worker draining", ms, s, baseline="POST /v1/jobs via Nginx"))
-    print("\nJob submission (202 answered after the row is in PostgreSQL and the workflow is started)")
+    print("\nJob submission (202 once the row is committed in PostgreSQL; the workflow starts right after, off the request path)")
     print(table(rows))
     out = save("job_submit", rows, {"target": "POST /v1/jobs p99 <= 20 ms via Nginx", "requests_each": N})
     print(f"results: {out}")
