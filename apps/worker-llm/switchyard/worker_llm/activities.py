@@ -1,7 +1,9 @@
-"""The LLM generation activity: stream tokens from the engine into the job's event stream."""
+"""The LLM generation activity: stream tokens from the model's engines into the job's events."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 
 import httpx
@@ -9,16 +11,23 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from switchyard.common.bookkeeping import JobBookkeeping
-from switchyard.common.contracts import JobSpec, LlmGeneration, LlmInput, Timings, Usage
-from switchyard.common.model_registry import ModelRegistry
+from switchyard.common.contracts import JobSpec, LlmChoice, LlmGeneration, LlmInput, Timings, Usage
+from switchyard.common.engines.base import EngineError
+from switchyard.common.engines.factory import engine_for
+from switchyard.common.model_registry import ModelEntry, ModelRegistry
 from switchyard.common.temporal import heartbeating
-from switchyard.worker_llm.engine import EngineError, OpenAIEngine
+from switchyard.worker_llm.publisher import TokenPublisher
+
+
+def job_seed(job_id: str, given: int | None, choice: int) -> int:
+    """Every choice of a job has a fixed seed, so a retry reproduces what was streamed."""
+    base = given if given is not None else int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") >> 1
+    return (base + choice) % 2**31
 
 
 class LlmActivities:
     def __init__(self, books: JobBookkeeping, registry: ModelRegistry, http: httpx.AsyncClient) -> None:
         self.books = books
-        self.bus = books.bus
         self.registry = registry
         self.http = http
 
@@ -26,62 +35,55 @@ class LlmActivities:
     async def generate(self, spec: JobSpec) -> LlmGeneration:
         started = time.time()
         entry = self.registry.get(spec.model)
-        if entry is None or entry.domain != "llm":
+        if entry is None or entry.domain != "llm" or entry.kind != "chat":
             raise ApplicationError(f"model {spec.model!r} is not served by this worker", type="UnknownModel", non_retryable=True)
         inp = LlmInput.model_validate(spec.input)
         await self.books.start_attempt(spec.job_id)
-        # A retry (crashed worker, engine error) regenerates with the job's seed; tokens a client
-        # already received are not sent again while the new attempt reproduces them.
-        already = await self.bus.tokens_since_reset(spec.job_id) if activity.info().attempt > 1 else []
-        sent = list(already)
-        produced: list[str] = []
-        finish_reason: str | None = None
-        usage = Usage()
-        ttft_ms: float | None = None
+        attempt = activity.info().attempt
+        already = await self.books.bus.tokens_since_reset(spec.job_id) if attempt > 1 else {}
+        publisher = TokenPublisher(self.books.bus, spec.job_id, attempt, already)
+        first_token: list[float] = []
         checkpoint: list[object] = [0]
-        engine = OpenAIEngine(entry.url, self.http)
-        try:
-            async with heartbeating(checkpoint):
-                async for chunk in engine.stream(entry.engine_model, inp):
+        async with heartbeating(checkpoint):
+            results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token) for c in range(inp.n)))
+        await publisher.finish()
+        usage = Usage(prompt_tokens=max(u.prompt_tokens for _, u, _ in results), completion_tokens=sum(u.completion_tokens for _, u, _ in results))
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return LlmGeneration(
+            choices=[c for c, _, _ in results],
+            usage=usage,
+            timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), ttft_ms=(first_token[0] - started) * 1000 if first_token else None,
+                            total_ms=(time.time() - started) * 1000),
+            endpoint=results[0][2],
+        )
+
+    async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float]) -> tuple[LlmChoice, Usage, str]:
+        """One choice, on the first endpoint that works; fall back only before any output."""
+        last_error: EngineError | None = None
+        for endpoint in entry.endpoints:
+            engine = engine_for(endpoint, self.http)
+            text: list[str] = []
+            finish_reason: str | None = None
+            usage = Usage()
+            try:
+                async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
                     if chunk.usage:
                         usage = chunk.usage
                     finish_reason = chunk.finish_reason or finish_reason
-                    if not chunk.text:
-                        continue
-                    if ttft_ms is None:
-                        ttft_ms = (time.time() - started) * 1000
-                    produced.append(chunk.text)
-                    checkpoint[0] = len(produced)
-                    await self._emit(spec.job_id, produced, sent)
-        except EngineError as e:
-            # 4xx: the engine rejects this input; retrying cannot help.
-            raise ApplicationError(str(e), type="EngineRejected" if 400 <= e.status < 500 else "EngineError", non_retryable=400 <= e.status < 500) from e
-        except httpx.TransportError as e:
-            raise ApplicationError(f"engine unreachable: {e!r}", type="EngineUnavailable") from e
-        if len(sent) > len(produced):
-            # The retry ended before reproducing everything already streamed: start clean.
-            await self._reset(spec.job_id, produced, sent)
-        return LlmGeneration(
-            text="".join(produced),
-            finish_reason=finish_reason,
-            usage=usage,
-            timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), ttft_ms=ttft_ms, total_ms=(time.time() - started) * 1000),
-        )
-
-    async def _emit(self, job_id: str, produced: list[str], sent: list[str]) -> None:
-        i = len(produced) - 1
-        if i < len(sent):
-            if sent[i] == produced[i]:
-                return  # already delivered by an earlier attempt
-            await self._reset(job_id, produced, sent)
-            return
-        await self.bus.publish(job_id, "token", {"index": i, "text": produced[i]})
-        sent.append(produced[i])
-
-    async def _reset(self, job_id: str, produced: list[str], sent: list[str]) -> None:
-        """The new attempt diverged from what clients saw: tell them to drop it, then resend."""
-        await self.bus.publish(job_id, "reset", {"attempt": activity.info().attempt})
-        sent.clear()
-        for i, text in enumerate(produced):
-            await self.bus.publish(job_id, "token", {"index": i, "text": text})
-            sent.append(text)
+                    if chunk.text:
+                        if not first_token:
+                            first_token.append(time.time())
+                        text.append(chunk.text)
+                        await publisher.token(choice, chunk.text, chunk.logprobs)
+            except (EngineError, httpx.TransportError) as e:
+                err = e if isinstance(e, EngineError) else EngineError(503, f"unreachable: {e!r}", kind="EngineUnavailable", retryable=True)
+                if text or not err.retryable:
+                    raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable) from e
+                last_error = err
+                activity.logger.warning("endpoint failed before output; trying the next", extra={"endpoint": endpoint.url, "error": str(err)})
+                continue
+            if not usage.completion_tokens:
+                usage.completion_tokens = len(text)
+            return LlmChoice(index=choice, text="".join(text), finish_reason=finish_reason), usage, f"{endpoint.engine}:{endpoint.url}"
+        assert last_error is not None
+        raise ApplicationError(f"every endpoint of {entry.name} failed; last: {last_error}", type=last_error.kind)

@@ -39,7 +39,8 @@ class LlmJobWorkflow:
             outcome = JobOutcome(
                 job_id=spec.job_id,
                 status=JobStatus.succeeded,
-                result={"text": gen.text, "finish_reason": gen.finish_reason},
+                result={"text": gen.choices[0].text, "finish_reason": gen.choices[0].finish_reason,
+                        "choices": [c.model_dump() for c in gen.choices], "endpoint": gen.endpoint},
                 usage=gen.usage,
                 timings=gen.timings,
             )

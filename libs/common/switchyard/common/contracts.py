@@ -32,6 +32,11 @@ class LlmInput(_Strict):
     # Fixed per job so a retried generation reproduces what was already streamed.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] = []
+    # Number of independent choices to generate.
+    n: Annotated[int, Field(ge=1, le=8)] = 1
+    # Per-token log probabilities (and the top alternatives) in the token events.
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # Keep generating until max_tokens even past end-of-sequence (load tests, benchmarks).
     ignore_eos: bool = False
 
@@ -39,7 +44,15 @@ class LlmInput(_Strict):
     def _one_of_messages_or_prompt(self) -> LlmInput:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of 'messages' or 'prompt'")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
         return self
+
+    def prompt_text(self) -> str:
+        """The text the model reads (chat turns joined), for token counting."""
+        if self.messages is None:
+            return self.prompt or ""
+        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
 
 
 class VisionInput(_Strict):
@@ -124,11 +137,17 @@ class JobSpec(BaseModel):
     accepted_at_ms: float
 
 
-class LlmGeneration(BaseModel):
+class LlmChoice(BaseModel):
+    index: int
     text: str
     finish_reason: str | None
+
+
+class LlmGeneration(BaseModel):
+    choices: list[LlmChoice]
     usage: Usage
     timings: Timings
+    endpoint: str
 
 
 class JobOutcome(BaseModel):

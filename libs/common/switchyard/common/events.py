@@ -80,9 +80,9 @@ class EventBus:
                 if is_terminal(event):
                     return
 
-    async def tokens_since_reset(self, job_id: str) -> list[str]:
-        """Token texts currently valid for a client (after the last ``reset``), in order."""
-        out: list[str] = []
+    async def tokens_since_reset(self, job_id: str) -> dict[int, list[str]]:
+        """Token texts clients currently hold (after the last ``reset``), per choice, in order."""
+        out: dict[int, list[str]] = {}
         last = START
         while True:
             batch = await self.read(job_id, after=last, count=5000)
@@ -90,7 +90,7 @@ class EventBus:
                 return out
             for e in batch:
                 if e.type == "reset":
-                    out = []
+                    out = {}
                 elif e.type == "token":
-                    out.append(e.data["text"])
+                    out.setdefault(int(e.data.get("choice", 0)), []).append(e.data["text"])
             last = batch[-1].id

@@ -1,28 +1,53 @@
-"""Model registry: public model names → domain, engine and engine URL; validated at start-up."""
+"""Model registry: public model names → domain, kind and an ordered list of engine endpoints.
+
+The file (JSON or YAML, named by ``SWITCHYARD_MODEL_REGISTRY``) is validated at start-up: a bad
+file stops the process. The first endpoint of a model is preferred; the rest are its fallbacks,
+tried in order when an endpoint fails before producing output.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml  # type: ignore[import-untyped]
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.common.queues import Domain
+
+ENGINES = ("llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast")
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast"]
+    url: str
+    # The name the engine itself serves the model under.
+    engine_model: str = Field(min_length=1)
+    # Adapter options, e.g. {"priority_scheduling": true} or {"request": {...extra body fields}}.
+    params: dict[str, Any] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        AnyHttpUrl(v)
+        return v.rstrip("/")
 
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     domain: Domain
-    engine: Literal["llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast"]
-    url: str
-    # The name the engine itself serves the model under.
-    engine_model: str
+    kind: Literal["chat", "embedding", "classifier", "ranker"] = "chat"
+    # Tokens a request may use in total (prompt + completion), per sequence.
     context_length: int = Field(default=2048, ge=128)
-    params: dict[str, Any] = {}
+    owned_by: str = "switchyard"
+    endpoints: list[Endpoint] = Field(min_length=1)
 
 
 class ModelRegistry(BaseModel):
@@ -41,6 +66,12 @@ class ModelRegistry(BaseModel):
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
 
+    @classmethod
+    def load(cls, path: Path) -> ModelRegistry:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        return cls.model_validate(data)
+
 
 class _RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
@@ -49,6 +80,5 @@ class _RegistrySettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def load_registry() -> ModelRegistry:
-    """Read the file named by ``SWITCHYARD_MODEL_REGISTRY`` (JSON); a bad file stops start-up."""
-    path = _RegistrySettings().model_registry  # type: ignore[call-arg]
-    return ModelRegistry.model_validate_json(path.read_text())
+    """The registry named by ``SWITCHYARD_MODEL_REGISTRY``."""
+    return ModelRegistry.load(_RegistrySettings().model_registry)  # type: ignore[call-arg]

@@ -64,12 +64,12 @@ class JobClient:
         return self.get(job_id), events
 
 
-def visible_text(events: list[Event]) -> str:
-    """What a client shows: token texts after the last ``reset``."""
+def visible_text(events: list[Event], choice: int = 0) -> str:
+    """What a client shows for one choice: its token texts after the last ``reset``."""
     out: list[str] = []
     for e in events:
         if e.type == "reset":
             out = []
-        elif e.type == "token":
+        elif e.type == "token" and e.data.get("choice", 0) == choice:
             out.append(e.data["text"])
     return "".join(out)

@@ -212,8 +212,8 @@ class Stack:
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
 
     def _write_registry(self) -> None:
-        registry = {"models": [{"name": LLM_MODEL, "domain": "llm", "engine": "llamacpp", "url": f"http://127.0.0.1:{self.cfg.engine_port}",
-                                "engine_model": LLM_MODEL, "context_length": 8192 // self.cfg.engine_parallel}]}
+        llama = {"engine": "llamacpp", "url": f"http://127.0.0.1:{self.cfg.engine_port}", "engine_model": LLM_MODEL}
+        registry = {"models": [{"name": LLM_MODEL, "domain": "llm", "kind": "chat", "context_length": 8192 // self.cfg.engine_parallel, "endpoints": [llama]}]}
         (self.cfg.state_dir / "models.json").write_text(json.dumps(registry, indent=2))
 
     def start(self) -> None:
