@@ -100,7 +100,7 @@ convert() {
   log "converting $(basename "$gguf") -> $out"
   local t0=$SECONDS
   rm -rf "$out.tmp"
-  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 "$VENV/bin/python" "$CONVERTER" "$gguf" "$out.tmp" \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 "$VENV/bin/python" "$CONVERTER" "$gguf" "$out.tmp" >&2 \
     || die "conversion of $gguf failed"
   rm -rf "$out" && mv "$out.tmp" "$out"
   echo "$key" > "$stamp"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
-from switchyard.api import errors, jobs_routes, streaming
+from switchyard.api import errors, jobs_routes, openai_routes, streaming
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources
 from switchyard.api.dispatch import Dispatcher
@@ -31,9 +33,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         bus = EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen)
         dispatcher = Dispatcher(store, bus, temporal)
         dispatcher.start()
-        app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, registry=registry, dispatcher=dispatcher)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, registry=registry,
+                                        dispatcher=dispatcher, http=http, started_at=int(time.time()))
         yield
         await dispatcher.close()
+        await http.aclose()
         await redis.aclose()
         await db.dispose()
 
@@ -41,6 +46,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(jobs_routes.router)
     app.include_router(streaming.router)
+    app.include_router(openai_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from temporalio.client import Client
@@ -25,6 +26,9 @@ class Resources:
     temporal: Client
     registry: ModelRegistry
     dispatcher: Dispatcher
+    # Client for engines the API calls itself (token counting, embeddings).
+    http: httpx.AsyncClient
+    started_at: int
 
 
 def _resources(request: Request) -> Resources:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 from temporalio.client import Client
@@ -37,11 +39,15 @@ class Dispatcher:
     def __init__(self, store: JobStore, bus: EventBus, temporal: Client, *, sweep_every_s: float = 1.0, grace_s: float = 2.0) -> None:
         self.store, self.bus, self.temporal = store, bus, temporal
         self.sweep_every_s, self.grace_s = sweep_every_s, grace_s
-        self._inflight: set[asyncio.Task[bool]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     def dispatch_soon(self, job: Job) -> None:
-        task = asyncio.create_task(self.dispatch(job))
+        self.background(self.dispatch(job))
+
+    def background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run work that must finish even if the request that asked for it is gone."""
+        task = asyncio.create_task(work)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 

@@ -13,12 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from switchyard.api.openai_protocol import UNSUPPORTED
 from switchyard.common.queues import DOMAINS
+
+OPENAI_PATHS = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 log = logging.getLogger("switchyard.api")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+          409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled"}
 
 
 class ApiError(Exception):
@@ -55,13 +58,18 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "request body is not valid JSON")
         details = [{"loc": _loc(tuple(e.get("loc", ()))), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         first = details[0] if details else {"loc": None, "msg": "invalid request"}
-        return error_response(422, "validation_error", f"{first['loc'] or 'body'}: {first['msg']}", param=first["loc"] or None, details=details)
+        # OpenAI's routes answer bad parameters with 400, as OpenAI does; the job API uses 422.
+        status = 400 if request.url.path.startswith(OPENAI_PATHS) else 422
+        param = first["loc"] or None
+        if first["type"] == "extra_forbidden" and param in UNSUPPORTED:
+            return error_response(status, "unsupported_parameter", f"{param}: {UNSUPPORTED[param]} is not supported by Switchyard", param=param)
+        return error_response(status, "invalid_value" if status == 400 else "validation_error", f"{param or 'body'}: {first['msg']}", param=param, details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

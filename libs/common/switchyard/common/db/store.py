@@ -51,11 +51,11 @@ class JobStore:
         async with self.sessions() as s:
             return list((await s.execute(q)).scalars())
 
-    async def delete(self, job_id: uuid.UUID) -> None:
-        async with self.sessions.begin() as s:
-            job = await s.get(Job, job_id)
-            if job is not None:
-                await s.delete(job)
+    async def pending(self, model: str) -> int:
+        """Jobs of a model not yet ended (backlog plus running)."""
+        q = select(func.count()).select_from(Job).where(Job.model == model, Job.status.in_(_NOT_TERMINAL))
+        async with self.sessions() as s:
+            return int((await s.execute(q)).scalar_one())
 
     async def mark_dispatched(self, job_id: uuid.UUID) -> None:
         async with self.sessions.begin() as s:

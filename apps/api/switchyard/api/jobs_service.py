@@ -1,0 +1,92 @@
+"""Accepting and cancelling jobs: shared by the job API and the OpenAI-compatible routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from switchyard.api.deps import Resources
+from switchyard.api.errors import ApiError
+from switchyard.common.contracts import JobStatus
+from switchyard.common.db.models import Job
+from switchyard.common.model_registry import ModelEntry
+from switchyard.common.priority import PriorityValue
+
+RPC_TIMEOUT = dt.timedelta(seconds=5)
+
+
+def header_priority(value: str | None) -> PriorityValue | None:
+    """``X-Priority``: 1..5 or high/normal/low."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in ("high", "normal", "low"):
+        return v  # type: ignore[return-value]
+    if v.isdigit() and 1 <= int(v) <= 5:
+        return int(v)
+    raise ApiError(422, "invalid_priority", "X-Priority must be 1..5 or high/normal/low", param="X-Priority")
+
+
+def key_priority(res: Resources, authorization: str | None) -> PriorityValue | None:
+    """The caller's API-key tier (``SWITCHYARD_API_KEY_TIERS``), if the key has one."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    return res.settings.api_key_tiers.get(authorization[7:].strip())
+
+
+def find_model(res: Resources, name: str, domain: str, kind: str | None = None) -> ModelEntry:
+    entry = res.registry.get(name)
+    if entry is None or entry.domain != domain or (kind is not None and entry.kind != kind):
+        what = f"{kind} model" if kind else f"model for domain {domain!r}"
+        raise ApiError(404, "model_not_found", f"The model {name!r} does not exist or is not a {what}", param="model")
+    return entry
+
+
+async def admit(res: Resources, model: str) -> None:
+    """Refuse new work for a model whose backlog is full (429 + Retry-After), instead of queueing forever."""
+    if await res.store.pending(model) >= res.settings.max_pending_per_model:
+        raise ApiError(429, "overloaded", f"too many pending requests for {model!r}; retry shortly", headers={"Retry-After": "1"})
+
+
+async def accept_job(res: Resources, *, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
+                     idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Commit the job row and hand it to the outbox; returns (job, created)."""
+    body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
+    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    row, created = await res.store.create(
+        {"id": uuid.uuid4(), "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
+         "input": input, "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash}
+    )
+    if created:
+        res.dispatcher.dispatch_soon(row)
+    elif row.request_hash != request_hash:
+        raise ApiError(422, "idempotency_key_reused", "Idempotency-Key was already used with a different request", param="Idempotency-Key")
+    return row, created
+
+
+async def cancel_job(res: Resources, job: Job) -> bool:
+    """Stop a job: its workflow cancels the engine request and records ``cancelled``.
+
+    Returns False if it had already ended.
+    """
+    if JobStatus(job.status).terminal:
+        return False
+    if await res.store.cancel_undispatched(job.id):
+        # Accepted but its workflow never started (orchestrator slow or down): end it here. If the
+        # outbox starts the workflow anyway, the activity finds the job ended and does nothing.
+        await res.bus.publish(str(job.id), "status", {"status": JobStatus.cancelled.value})
+        return True
+    handle = res.temporal.get_workflow_handle(str(job.id))
+    try:
+        desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            await handle.cancel(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as e:
+        raise ApiError(503, "orchestrator_unavailable", "could not reach the orchestrator; retry", headers={"Retry-After": "1"}) from e
+    return True
