@@ -18,6 +18,32 @@ import time
 from pathlib import Path
 
 
+def _gguf_flag(path: Path, key: str) -> bool | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get(key)
+    return None if field is None else bool(field.contents())
+
+
+def _apply_special_token_flags(tokenizer, gguf_path: Path) -> None:
+    """Honour tokenizer.ggml.add_bos_token / add_eos_token, which transformers' GGUF loader drops.
+
+    Gemma needs its <bos> on every prompt (without it the model degenerates); SmolLM2 says False.
+    The flags end up in tokenizer.json's post-processor, which vLLM uses as is.
+    """
+    changed = False
+    for flag in ("add_bos_token", "add_eos_token"):
+        want = _gguf_flag(gguf_path, f"tokenizer.ggml.{flag}")
+        if want is not None and getattr(tokenizer, flag, None) != want:
+            setattr(tokenizer, flag, want)
+            changed = True
+    if changed and hasattr(tokenizer, "update_post_processor"):
+        tokenizer.update_post_processor()
+    ids = tokenizer("x").input_ids
+    if _gguf_flag(gguf_path, "tokenizer.ggml.add_bos_token") and ids[:1] != [tokenizer.bos_token_id]:
+        raise SystemExit("convert_gguf_to_hf: could not make the tokenizer add its BOS token")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gguf", type=Path)
@@ -57,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(dtype).eval()
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    _apply_special_token_flags(tokenizer, args.gguf)
     if not getattr(tokenizer, "chat_template", None):
         print("convert_gguf_to_hf: warning: the GGUF has no chat template", file=sys.stderr)
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from switchyard.devstack.client import JobClient
@@ -16,6 +17,22 @@ from switchyard.devstack.stack import Stack, StackConfig, drop_database
 
 # The PostgreSQL server the tests create their scratch databases on.
 PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
+
+
+# Backlog limit per model in the test stack (the overload test fills it).
+MAX_PENDING = 12
+
+
+FALLBACK_MODEL = "smollm2-with-fallback"
+
+
+def fallback_model(engine_port: int) -> dict[str, object]:
+    """A model whose first endpoint is down (nothing listens on port 9): requests fall back to llama.cpp."""
+    return {
+        "name": FALLBACK_MODEL, "domain": "llm", "kind": "chat", "context_length": 2048,
+        "endpoints": [{"engine": "vllm", "url": "http://127.0.0.1:9", "engine_model": "smollm2-135m-instruct"},
+                      {"engine": "llamacpp", "url": f"http://127.0.0.1:{engine_port}", "engine_model": "smollm2-135m-instruct"}],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +53,9 @@ def scratch_dsn() -> Iterator[Callable[[], str]]:
 def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
     state = Path(tempfile.mkdtemp(prefix="switchyard-test-", dir=os.environ.get("SWITCHYARD_TEST_STATE_DIR")))
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
-    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2)
+    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2,
+                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING), "SWITCHYARD_API_KEY_TIERS": '{"sk-gold": "high", "sk-free": "low"}'})
+    cfg.extra_models.append(fallback_model(cfg.engine_port))
     s = Stack(cfg)
     s.start()
     try:
@@ -49,3 +68,9 @@ def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
 def client(stack: Stack) -> JobClient:
     """Talks to the platform through Nginx, as users do."""
     return JobClient(stack.ingress)
+
+
+@pytest.fixture(scope="session")
+def oai(stack: Stack) -> openai.OpenAI:
+    """The official OpenAI client, unmodified, pointed at Switchyard's ingress."""
+    return openai.OpenAI(base_url=stack.ingress + "/v1", api_key="sk-gold", max_retries=0, timeout=120)

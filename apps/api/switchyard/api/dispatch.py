@@ -49,7 +49,12 @@ class Dispatcher:
         """Run work that must finish even if the request that asked for it is gone."""
         task = asyncio.create_task(work)
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
 
     async def dispatch(self, job: Job) -> bool:
         """Publish ``queued`` (once) and start the workflow; True once the workflow exists."""

@@ -12,13 +12,14 @@ import asyncio
 import base64
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
@@ -27,14 +28,14 @@ from switchyard.api.openai_protocol import ChatCompletionRequest, CompletionRequ
 from switchyard.common.contracts import JobStatus, LlmInput
 from switchyard.common.db.models import Job
 from switchyard.common.engines.base import EngineError
-from switchyard.common.engines.factory import engine_for
+from switchyard.common.engines.factory import ADAPTERS, engine_for
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import priority_key
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 JOB_HEADER = "X-Switchyard-Job-Id"
 # Errors of a failed job → the HTTP status a client gets.
-_STATUS_OF_ERROR = {"ContextLengthExceeded": 400, "EngineRejected": 400, "InvalidInput": 400, "UnknownModel": 404, "EngineUnavailable": 503, "EngineBusy": 503}
+_STATUS_OF_ERROR = {"ContextLengthExceeded": 400, "EngineRejected": 400, "InvalidInput": 400, "Unsupported": 400, "UnknownModel": 404, "EngineUnavailable": 503, "EngineBusy": 503}
 # Chat template overhead per message and per request, in tokens (generous upper bounds).
 _TEMPLATE_TOKENS_PER_MESSAGE, _TEMPLATE_TOKENS = 8, 16
 
@@ -59,6 +60,18 @@ async def get_model(res: Res, model_id: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ admission
 
 
+def _llm_input(build: Callable[[], LlmInput], entry: ModelEntry, max_tokens: int | None) -> LlmInput:
+    """The job input of an OpenAI request; limits OpenAI leaves open are checked here, as 400s."""
+    if max_tokens is not None and max_tokens >= entry.context_length:
+        raise ApiError(400, "context_length_exceeded", f"max_tokens ({max_tokens}) must be below the model's context length ({entry.context_length})", param="max_tokens")
+    try:
+        return build()
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, "invalid_value", f"{param}: {err['msg']}", param=param) from None
+
+
 async def _check_context(res: Resources, entry: ModelEntry, inp: LlmInput) -> None:
     """Refuse what the engine would choke on: max_tokens or prompt beyond the model's context."""
     ctx = entry.context_length
@@ -79,7 +92,16 @@ async def _check_context(res: Resources, entry: ModelEntry, inp: LlmInput) -> No
                        param="messages" if inp.messages else "prompt")
 
 
+def _check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
+    """A feature is accepted only if every endpoint the request may land on honours it."""
+    if inp.logprobs:
+        lacking = sorted({ep.engine for ep in entry.endpoints if "logprobs" not in ADAPTERS[ep.engine].capabilities})
+        if lacking:
+            raise ApiError(400, "unsupported_parameter", f"logprobs are not available for {entry.name} (engine: {', '.join(lacking)})", param="logprobs")
+
+
 async def _start(res: Resources, entry: ModelEntry, inp: LlmInput, x_priority: str | None, authorization: str | None, user: str | None) -> Job:
+    _check_capabilities(entry, inp)
     await _check_context(res, entry, inp)
     await admit(res, entry.name)
     given = header_priority(x_priority)
@@ -156,67 +178,90 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _respond(res: Resources, request: Request, job: Job, kind: Literal["chat", "text"], n: int, logprobs: bool, include_usage: bool, stream: bool) -> Any:
-    job_id = str(job.id)
-    obj_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + job_id
-    created = int(job.created_at.timestamp())
-    headers = {JOB_HEADER: job_id}
+@dataclass
+class Reply:
+    """What an OpenAI answer needs to know about its job."""
 
-    def cancel_in_background() -> None:
-        res.dispatcher.background(cancel_job(res, job))
+    res: Resources
+    job: Job
+    kind: Literal["chat", "text"]
+    n: int
+    logprobs: bool
+    include_usage: bool
 
-    if not stream:
-        collector = asyncio.create_task(_collect(res, job))
-        gone = asyncio.create_task(_until_disconnect(request))
-        await asyncio.wait({collector, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not collector.done():
-            collector.cancel()
-            cancel_in_background()
-            return JSONResponse(error_body(499, "client_closed_request", "client went away"), status_code=499, headers=headers)
-        gone.cancel()
-        out = collector.result()
-        if out.error is not None:
-            status, body = _job_error(out.error)
-            return JSONResponse(body, status_code=status, headers=headers)
-        assert out.result is not None
-        finish = {c["index"]: c["finish_reason"] for c in out.result.get("choices", [])}
-        choices = []
-        for c in range(n):
-            text = "".join(out.texts.get(c, []))
-            choice: dict[str, Any] = {"index": c, "finish_reason": finish.get(c) or "stop", "logprobs": _choice_logprobs(kind, out.logprobs.get(c), logprobs)}
-            if kind == "chat":
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            choices.append(choice)
-        body = {"id": obj_id, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created, "model": job.model,
-                "system_fingerprint": None, "choices": choices, "usage": out.usage}
-        return JSONResponse(body, headers=headers)
+    @property
+    def object_id(self) -> str:
+        return ("chatcmpl-" if self.kind == "chat" else "cmpl-") + str(self.job.id)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {JOB_HEADER: str(self.job.id)}
+
+    def envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.object_id, "object": obj, "created": int(self.job.created_at.timestamp()), "model": self.job.model,
+                "system_fingerprint": None, "choices": choices}
+
+    def cancel_in_background(self) -> None:
+        self.res.dispatcher.background(cancel_job(self.res, self.job))
+
+
+async def _respond_json(reply: Reply, request: Request) -> JSONResponse:
+    """Wait for the whole completion; a client that leaves first cancels the job."""
+    collector = asyncio.create_task(_collect(reply.res, reply.job))
+    gone = asyncio.create_task(_until_disconnect(request))
+    await asyncio.wait({collector, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not collector.done():
+        collector.cancel()
+        reply.cancel_in_background()
+        return JSONResponse(error_body(499, "client_closed_request", "client went away"), status_code=499, headers=reply.headers)
+    gone.cancel()
+    out = collector.result()
+    if out.error is not None:
+        status, err = _job_error(out.error)
+        return JSONResponse(err, status_code=status, headers=reply.headers)
+    assert out.result is not None
+    finish = {c["index"]: c["finish_reason"] for c in out.result.get("choices", [])}
+    choices = []
+    for c in range(reply.n):
+        text = "".join(out.texts.get(c, []))
+        choice: dict[str, Any] = {"index": c, "finish_reason": finish.get(c) or "stop", "logprobs": _choice_logprobs(reply.kind, out.logprobs.get(c), reply.logprobs)}
+        if reply.kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        choices.append(choice)
+    payload = reply.envelope("chat.completion" if reply.kind == "chat" else "text_completion", choices)
+    payload["usage"] = out.usage
+    return JSONResponse(payload, headers=reply.headers)
+
+
+def _respond_stream(reply: Reply) -> StreamingResponse:
+    """OpenAI's server-sent chunks, ending with ``[DONE]``; a client that leaves cancels the job."""
+    kind = reply.kind
     chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"id": obj_id, "object": chunk_obj, "created": created, "model": job.model, "system_fingerprint": None, "choices": choices}
-        if include_usage:
-            body["usage"] = usage
-        return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+        payload = reply.envelope(chunk_obj, choices)
+        if reply.include_usage:
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
     def piece(c: int, text: str, lp: list[dict[str, Any]] | None, finish: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": c, "finish_reason": finish, "logprobs": _choice_logprobs(kind, lp, logprobs) if finish is None else None}
+        out: dict[str, Any] = {"index": c, "finish_reason": finish, "logprobs": _choice_logprobs(kind, lp, reply.logprobs) if finish is None else None}
         if kind == "chat":
             out["delta"] = {"content": text} if finish is None else {}
         else:
             out["text"] = text
         return out
 
-    async def body() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[str]:
         finished = False
         sent: dict[int, int] = {}  # tokens sent per choice: after a reset, resent tokens are skipped
         replayed: dict[int, int] = {}
         try:
             if kind == "chat":
-                yield chunk([{"index": c, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for c in range(n)])
-            async for etype, data in _events(res, job):
+                yield chunk([{"index": c, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for c in range(reply.n)])
+            async for etype, data in _events(reply.res, reply.job):
                 if etype == "reset":
                     replayed = {}
                 elif etype == "token":
@@ -228,9 +273,9 @@ async def _respond(res: Resources, request: Request, job: Job, kind: Literal["ch
                     yield chunk([piece(c, data["text"], data.get("logprobs"))])
                 elif etype == "result":
                     finish = {ch["index"]: ch["finish_reason"] for ch in data["result"].get("choices", [])}
-                    for c in range(n):
+                    for c in range(reply.n):
                         yield chunk([piece(c, "", None, finish.get(c) or "stop")])
-                    if include_usage:
+                    if reply.include_usage:
                         yield chunk([], data.get("usage"))
                 elif etype == "status" and data["status"] in (JobStatus.failed.value, JobStatus.cancelled.value):
                     yield f"data: {json.dumps(_job_error(data)[1])}\n\n"
@@ -238,9 +283,13 @@ async def _respond(res: Resources, request: Request, job: Job, kind: Literal["ch
             yield "data: [DONE]\n\n"
         finally:
             if not finished:  # the client went away mid-stream
-                cancel_in_background()
+                reply.cancel_in_background()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={**reply.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _respond(reply: Reply, request: Request, stream: bool) -> Any:
+    return _respond_stream(reply) if stream else await _respond_json(reply, request)
 
 
 # ------------------------------------------------------------------ routes
@@ -252,10 +301,10 @@ async def chat_completions(
     x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
 ) -> Any:
     entry = find_model(res, body.model, "llm", "chat")
-    inp = body.llm_input(default_max_tokens=min(512, entry.context_length // 2))
+    inp = _llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
     job = await _start(res, entry, inp, x_priority, authorization, body.user)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(res, request, job, "chat", body.n, body.logprobs, include_usage, body.stream)
+    return await _respond(Reply(res, job, "chat", body.n, body.logprobs, include_usage), request, body.stream)
 
 
 @router.post("/completions")
@@ -264,9 +313,9 @@ async def completions(
     x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
 ) -> Any:
     entry = find_model(res, body.model, "llm", "chat")
-    job = await _start(res, entry, body.llm_input(), x_priority, authorization, body.user)
+    job = await _start(res, entry, _llm_input(body.llm_input, entry, body.max_tokens), x_priority, authorization, body.user)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(res, request, job, "text", body.n, body.logprobs is not None, include_usage, body.stream)
+    return await _respond(Reply(res, job, "text", body.n, body.logprobs is not None, include_usage), request, body.stream)
 
 
 @router.post("/embeddings")

@@ -10,20 +10,27 @@ import time
 from pathlib import Path
 
 from switchyard.devstack import models
+from switchyard.devstack.gemma import gemma3_270m_gguf
 from switchyard.devstack.procs import StartError
 from switchyard.devstack.stack import Stack, StackConfig
 
 
+def fetch_models() -> None:
+    print(models.smollm2_gguf(fetch=True))
+    print(gemma3_270m_gguf(fetch=True))
+
+
 def _up(args: argparse.Namespace) -> int:
-    models.smollm2_gguf(fetch=True)
+    fetch_models()
     cfg = StackConfig(state_dir=Path(args.state_dir).resolve(), http_port=args.http_port, api_port=args.api_port,
-                      temporal_port=args.temporal_port, engine_port=args.engine_port,
+                      temporal_port=args.temporal_port, temporal_ui_port=args.temporal_ui_port, engine_port=args.engine_port,
+                      gemma_port=args.gemma_port, sglang_port=args.sglang_port,
                       postgres_dsn=args.postgres_dsn, redis_url=args.redis_url)
     stack = Stack(cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print("Switchyard: starting Temporal, llama.cpp, worker-llm, API and Nginx...", flush=True)
+    print("Switchyard: starting Temporal, the LLM engines, worker-llm, API and Nginx...", flush=True)
     t0 = time.monotonic()
     try:
         stack.start()
@@ -54,12 +61,15 @@ def main() -> int:
     up.add_argument("--api-port", type=int, default=8000)
     up.add_argument("--temporal-port", type=int, default=7233)
     up.add_argument("--engine-port", type=int, default=8090)
+    up.add_argument("--gemma-port", type=int, default=8091)
+    up.add_argument("--sglang-port", type=int, default=8092)
+    up.add_argument("--temporal-ui-port", type=int, default=8233)
     up.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard")
     up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     sub.add_parser("setup", help="fetch model files into the cache")
     args = ap.parse_args()
     if args.cmd == "setup":
-        print(models.smollm2_gguf(fetch=True))
+        fetch_models()
         return 0
     return _up(args)
 

@@ -35,11 +35,13 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, field_validator
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # SGLang's /metrics carries no *_created series
 FAKE_VERSION = "0.0.0+fake"  # reported as SGLang's `version`; never mistaken for a real release
+JSON = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +159,8 @@ def verify_sampling(sp: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 @dataclass(order=True)
 class _Waiter:
-    key: tuple
-    fut: asyncio.Future = field(compare=False)
+    key: tuple[int, int]
+    fut: asyncio.Future[None] = field(compare=False)
 
 
 class Engine:
@@ -169,27 +171,37 @@ class Engine:
         self.context_len = args.context_length
         self.eos_token_id: int | None = None
         self.running: dict[str, int] = {}  # rid -> tokens held (prompt + generated)
-        self.tasks: dict[str, asyncio.Task] = {}
+        self.tasks: dict[str, asyncio.Task[JSON]] = {}
         self.waiting: list[_Waiter] = []
         self.seq = itertools.count()
         self.last_gen_throughput = 0.0
         self.reg = CollectorRegistry()
-        lab = ["model_name"]
-        mk = lambda cls, name, doc, **kw: cls(name, doc, lab, registry=self.reg, **kw).labels(model_name=args.model_name)  # noqa: E731
-        self.m_running = mk(Gauge, "sglang:num_running_reqs", "The number of running requests.")
-        self.m_queue = mk(Gauge, "sglang:num_queue_reqs", "The number of requests in the waiting queue.")
-        self.m_used = mk(Gauge, "sglang:num_used_tokens", "The number of used tokens.")
-        self.m_usage = mk(Gauge, "sglang:token_usage", "The token usage.")
-        self.m_tput = mk(Gauge, "sglang:gen_throughput", "The generation throughput (token/s).")
-        self.m_hit = mk(Gauge, "sglang:cache_hit_rate", "The prefix cache hit rate.")
-        self.m_prompt = mk(Counter, "sglang:prompt_tokens", "Number of prefill tokens processed.")
-        self.m_gen = mk(Counter, "sglang:generation_tokens", "Number of generation tokens processed.")
-        self.m_cached = mk(Counter, "sglang:cached_tokens", "Number of cached prompt tokens.")
-        self.m_reqs = mk(Counter, "sglang:num_requests", "Number of requests processed.")
+        name = args.model_name
+
+        def gauge(metric: str, doc: str) -> Gauge:
+            return Gauge(metric, doc, ["model_name"], registry=self.reg).labels(model_name=name)
+
+        def counter(metric: str, doc: str) -> Counter:
+            return Counter(metric, doc, ["model_name"], registry=self.reg).labels(model_name=name)
+
+        def histogram(metric: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(metric, doc, ["model_name"], registry=self.reg, buckets=buckets).labels(model_name=name)
+
+        self.m_running = gauge("sglang:num_running_reqs", "The number of running requests.")
+        self.m_queue = gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.")
+        self.m_used = gauge("sglang:num_used_tokens", "The number of used tokens.")
+        self.m_usage = gauge("sglang:token_usage", "The token usage.")
+        self.m_tput = gauge("sglang:gen_throughput", "The generation throughput (token/s).")
+        self.m_hit = gauge("sglang:cache_hit_rate", "The prefix cache hit rate.")
+        self.m_prompt = counter("sglang:prompt_tokens", "Number of prefill tokens processed.")
+        self.m_gen = counter("sglang:generation_tokens", "Number of generation tokens processed.")
+        self.m_cached = counter("sglang:cached_tokens", "Number of cached prompt tokens.")
+        self.m_reqs = counter("sglang:num_requests", "Number of requests processed.")
         buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-        self.m_ttft = mk(Histogram, "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", buckets=buckets)
-        self.m_itl = mk(Histogram, "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
-        self.m_e2e = mk(Histogram, "sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds", buckets=buckets)
+        self.m_ttft = histogram("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", buckets)
+        self.m_itl = histogram("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                               (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
+        self.m_e2e = histogram("sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds", buckets)
 
     # -- admission: at most max_running_requests run; the rest wait (FCFS, or by priority) --
     def _refresh_gauges(self) -> None:
@@ -264,7 +276,7 @@ class Engine:
         r = await self.client.post(f"{self.backend}/apply-template", json={"messages": messages})
         if r.status_code != 200:
             raise ValueError(r.json().get("error", {}).get("message", r.text))
-        return r.json()["prompt"]
+        return str(r.json()["prompt"])
 
     async def generate_one(self, prompt: str | list[int], sp: dict[str, Any], rid: str, priority: int | None) -> AsyncIterator[dict[str, Any]]:
         """One sequence. Yields SGLang outputs: {'text' (cumulative), 'output_ids', 'meta_info'}."""
@@ -283,7 +295,8 @@ class Engine:
             "stop": sp["stop"] or [], "seed": sp["sampling_seed"] if sp["sampling_seed"] is not None else -1,
         }
         text, ids, first, last, cached = "", [], None, None, 0
-        meta = {"id": rid, "finish_reason": None, "prompt_tokens": n_prompt, "weight_version": "default",
+        pending: JSON | None = None
+        meta: JSON = {"id": rid, "finish_reason": None, "prompt_tokens": n_prompt, "weight_version": "default",
                 "total_retractions": 0, "completion_tokens": 0, "cached_tokens": 0}
         try:
             if max_new == 0:
@@ -310,8 +323,10 @@ class Engine:
                             self.running[rid] = n_prompt + len(ids)
                             self._refresh_gauges()
                             meta.update(completion_tokens=len(ids))
-                            if not d.get("stop"):
-                                yield {"text": text, "output_ids": list(ids), "meta_info": dict(meta)}
+                            # held back one step so that the last token's chunk is the finishing one, as in SGLang
+                            if pending is not None:
+                                yield pending
+                            pending = {"text": text, "output_ids": list(ids), "meta_info": dict(meta)}
                         if d.get("stop"):
                             cached = d.get("timings", {}).get("cache_n", 0)
                             stop_type = d.get("stop_type")
@@ -371,16 +386,19 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return openai_error(str(exc.detail), str(exc.status_code), exc.status_code)
 
 
-def _as_list(x: Any, n: int) -> list:
+Prompt = str | list[int]
+
+
+def _as_list(x: Any, n: int) -> list[Any]:
     return list(x) if isinstance(x, list) else [x] * n
 
 
-async def _run_batch(prompts: list, sps: list[dict], rids: list[str], priority: int | None) -> list[dict]:
-    async def last(i: int) -> dict:
-        out = None
-        async for out in ENGINE.generate_one(prompts[i], sps[i], rids[i], priority):
-            pass
-        return out
+async def _run_batch(prompts: list[Prompt], sps: list[JSON], rids: list[str], priority: int | None) -> list[JSON]:
+    async def last(i: int) -> JSON:
+        final: JSON = {}
+        async for step in ENGINE.generate_one(prompts[i], sps[i], rids[i], priority):
+            final = step
+        return final
     tasks = [asyncio.create_task(last(i)) for i in range(len(prompts))]
     for rid, t in zip(rids, tasks, strict=False):
         ENGINE.tasks[rid] = t
@@ -391,13 +409,14 @@ async def _run_batch(prompts: list, sps: list[dict], rids: list[str], priority: 
             ENGINE.tasks.pop(rid, None)
 
 
-async def _merge(gens: list[AsyncIterator[dict]], tag_index: bool) -> AsyncIterator[dict]:
-    q: asyncio.Queue = asyncio.Queue()
-    async def pump(i: int, g: AsyncIterator[dict]) -> None:
+async def _merge(gens: list[AsyncIterator[JSON]], tag_index: bool) -> AsyncIterator[JSON]:
+    q: asyncio.Queue[tuple[int, JSON | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, g: AsyncIterator[JSON]) -> None:
         try:
             async for out in g:
                 await q.put((i, out, None))
-        except Exception as e:  # - handed to the consumer
+        except Exception as e:  # handed to the consumer, which re-raises it
             await q.put((i, None, e))
         await q.put((i, None, StopAsyncIteration()))
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
@@ -409,31 +428,37 @@ async def _merge(gens: list[AsyncIterator[dict]], tag_index: bool) -> AsyncItera
                 done += 1
             elif err is not None:
                 raise err
-            else:
+            elif out is not None:
                 yield ({**out, "index": i} if tag_index else out)
     finally:
         for t in tasks:
             t.cancel()
 
 
-def _expand(obj: GenerateReqInput) -> tuple[list, list[dict], list[str], bool]:
+def _expand(obj: GenerateReqInput) -> tuple[list[Prompt], list[JSON], list[str], bool]:
     """GenerateReqInput.normalize_batch_and_arguments + verify (ValueError on bad input)."""
     if obj.text is None and obj.input_ids is None:
         raise ValueError("Either text, input_ids or input_embeds should be provided.")
+    prompts: list[Prompt]
     if obj.text is not None:
-        prompts, batched = (obj.text if isinstance(obj.text, list) else [obj.text]), isinstance(obj.text, list)
+        prompts, batched = (list(obj.text) if isinstance(obj.text, list) else [obj.text]), isinstance(obj.text, list)
     else:
-        batched = bool(obj.input_ids) and isinstance(obj.input_ids[0], list)
-        prompts = obj.input_ids if batched else [obj.input_ids]
+        ids: list[Any] = obj.input_ids or []
+        batched = bool(ids) and isinstance(ids[0], list)
+        prompts = list(ids) if batched else [ids]
     sps = [verify_sampling(sp or {}) for sp in _as_list(obj.sampling_params, len(prompts))]
     if len(sps) != len(prompts):
         raise ValueError("The length of sampling_params should match the batch size.")
     rids = _as_list(obj.rid, len(prompts)) if obj.rid is not None else [uuid.uuid4().hex for _ in prompts]
     # parallel sampling (n > 1): each prompt is repeated n times, like SGLang's batch expansion
-    p2, s2, r2 = [], [], []
+    p2: list[Prompt] = []
+    s2: list[JSON] = []
+    r2: list[str] = []
     for p, sp, rid in zip(prompts, sps, rids, strict=False):
         for k in range(sp["n"]):
-            p2.append(p), s2.append(sp), r2.append(rid if sp["n"] == 1 else f"{rid}_{k}")
+            p2.append(p)
+            s2.append(sp)
+            r2.append(rid if sp["n"] == 1 else f"{rid}_{k}")
     return p2, s2, r2, batched or len(p2) > 1
 
 
@@ -480,12 +505,12 @@ async def health_generate() -> Response:
 
 @app.get("/get_model_info")
 @app.get("/model_info")
-async def get_model_info() -> dict:
+async def get_model_info() -> JSON:
     return {"model_path": ENGINE.args.model_path, "tokenizer_path": ENGINE.args.model_path, "is_generation": True,
             "preferred_sampling_params": None, "weight_version": "default"}
 
 
-def _server_args() -> dict:
+def _server_args() -> JSON:
     a = ENGINE.args
     return {"model_path": a.model_path, "tokenizer_path": a.model_path, "served_model_name": a.model_name,
             "host": a.host, "port": a.port, "context_length": a.context_length, "device": "cpu", "tp_size": 1,
@@ -498,7 +523,7 @@ def _server_args() -> dict:
 
 @app.get("/get_server_info")
 @app.get("/server_info")
-async def get_server_info() -> dict:
+async def get_server_info() -> JSON:
     return {**_server_args(), "max_total_num_tokens": ENGINE.args.max_total_tokens,
             "max_req_input_len": ENGINE.args.context_length - 1,
             "internal_states": [{"last_gen_throughput": ENGINE.last_gen_throughput, "avg_spec_accept_length": None}],
@@ -506,7 +531,7 @@ async def get_server_info() -> dict:
 
 
 @app.get("/get_load")
-async def get_load() -> list[dict]:
+async def get_load() -> list[JSON]:
     return [{"dp_rank": 0, "num_reqs": len(ENGINE.running) + len(ENGINE.waiting), "num_waiting_reqs": len(ENGINE.waiting),
              "num_tokens": sum(ENGINE.running.values())}]
 
@@ -532,13 +557,13 @@ async def metrics() -> Response:
 # ---------------------------------------------------------------------------------------------
 # OpenAI-compatible routes (SGLang's response shapes: matched_stop, metadata, reasoning fields)
 # ---------------------------------------------------------------------------------------------
-def _model_card() -> dict:
+def _model_card() -> JSON:
     return {"id": ENGINE.args.model_name, "object": "model", "created": int(time.time()), "owned_by": "sglang",
             "root": ENGINE.args.model_name, "parent": None, "max_model_len": ENGINE.context_len}
 
 
 @app.get("/v1/models")
-async def models() -> dict:
+async def models() -> JSON:
     return {"object": "list", "data": [_model_card()]}
 
 
@@ -550,13 +575,13 @@ async def retrieve_model(model: str) -> JSONResponse:
     return JSONResponse(_model_card())
 
 
-def _finish(fr: dict | None) -> tuple[str | None, int | str | None]:
+def _finish(fr: JSON | None) -> tuple[str | None, int | str | None]:
     if not fr:
         return None, None
     return fr["type"], fr.get("matched")
 
 
-def _usage(outs: list[dict], n: int) -> dict:
+def _usage(outs: list[JSON], n: int) -> JSON:
     prompt = sum(o["meta_info"]["prompt_tokens"] for i, o in enumerate(outs) if i % n == 0)
     completion = sum(o["meta_info"]["completion_tokens"] for o in outs)
     return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
@@ -565,12 +590,13 @@ def _usage(outs: list[dict], n: int) -> dict:
 
 async def _openai(kind: Literal["chat", "text"], req: ChatCompletionRequest | CompletionRequest) -> Response:
     try:
-        if kind == "chat":
+        prompts: list[Prompt]
+        if isinstance(req, ChatCompletionRequest):
             prompts = [await ENGINE.chat_prompt(req.messages)]
             max_new = req.max_completion_tokens or req.max_tokens
         else:
-            p = req.prompt
-            prompts = p if (isinstance(p, list) and p and not isinstance(p[0], int)) else [p]
+            p: Any = req.prompt
+            prompts = list(p) if (isinstance(p, list) and p and not isinstance(p[0], int)) else [p]
             max_new = req.max_tokens
         sp = verify_sampling({
             "max_new_tokens": max_new, "stop": req.stop, "temperature": req.temperature, "top_p": req.top_p,
@@ -607,9 +633,9 @@ async def _openai(kind: Literal["chat", "text"], req: ChatCompletionRequest | Co
     obj_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
     def chunk(i: int, delta: str, fr: str | None = None, matched: Any = None, first: bool = False) -> bytes:
-        if kind == "chat":
-            d: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}
-            d.update(reasoning_content=None, tool_calls=None)
+        if kind == "chat":  # DeltaMessage: every field present, null when unused; the finish chunk is all null
+            d = {"role": "assistant" if first else None, "content": None if fr else delta,
+                 "reasoning_content": None, "tool_calls": None}
             choice = {"index": i, "delta": d, "logprobs": None, "finish_reason": fr, "matched_stop": matched}
         else:
             choice = {"index": i, "text": delta, "logprobs": None, "finish_reason": fr, "matched_stop": matched}
@@ -618,7 +644,7 @@ async def _openai(kind: Literal["chat", "text"], req: ChatCompletionRequest | Co
 
     async def stream() -> AsyncIterator[bytes]:
         sent = [0] * len(all_prompts)
-        finals: dict[int, dict] = {}
+        finals: dict[int, JSON] = {}
         try:
             if kind == "chat":
                 for i in range(len(all_prompts)):

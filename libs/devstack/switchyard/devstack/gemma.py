@@ -66,3 +66,11 @@ def gemma3_270m_gguf(fetch: bool = True) -> Path:
 
 if __name__ == "__main__":
     print(gemma3_270m_gguf())
+
+
+# The packaged GGUF is the base model and carries no chat template: Gemma's turn format, applied
+# by llama.cpp (system turns are folded into user turns, as Gemma has no system role).
+GEMMA_CHAT_TEMPLATE = """{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = 'user' %}{% endif %}<start_of_turn>{{ role }}
+{{ message['content'] | trim }}<end_of_turn>
+{% endfor %}{% if add_generation_prompt %}<start_of_turn>model
+{% endif %}"""

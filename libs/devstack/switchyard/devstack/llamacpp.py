@@ -18,6 +18,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=4, help="concurrent sequences (slots)")
     ap.add_argument("--ctx", type=int, default=8192, help="total context, shared by the slots")
+    ap.add_argument("--embeddings", action="store_true", help="also serve /v1/embeddings (mean pooling)")
+    ap.add_argument("--chat-template-file", help="Jinja chat template, for models that ship none")
     args = ap.parse_args()
 
     p = xllamacpp.CommonParams()
@@ -30,6 +32,13 @@ def main() -> None:
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
     p.endpoint_metrics = True
+    if args.embeddings:
+        # The same server keeps serving completions.
+        p.embedding = True
+        p.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if args.chat_template_file:
+        p.use_jinja = True
+        p.chat_template = open(args.chat_template_file).read()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

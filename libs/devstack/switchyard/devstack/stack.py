@@ -14,15 +14,21 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from sqlalchemy.engine import make_url
 
 from switchyard.common.db.migrate import upgrade
 from switchyard.devstack import models
+from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
 
 LLM_MODEL = "smollm2-135m-instruct"
+GEMMA_MODEL = "gemma-3-270m"
+EMBED_MODEL = "smollm2-135m-embed"
+# Served through the protocol-faithful FAKE SGLang server (SGLang needs CUDA), backed by llama.cpp.
+SGLANG_MODEL = "smollm2-135m-instruct-sglang-fake"
 
 
 @dataclass
@@ -31,6 +37,8 @@ class StackConfig:
     http_port: int = 8080
     api_port: int = 8000
     engine_port: int = 8090
+    gemma_port: int = 8091
+    sglang_port: int = 8092
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
@@ -40,11 +48,15 @@ class StackConfig:
     engine_threads: int = 1
     engine_parallel: int = 4
     ui: bool = True
+    # Extra environment for the API process (e.g. SWITCHYARD_MAX_PENDING_PER_MODEL).
+    api_env: dict[str, str] = field(default_factory=dict)
+    # Extra model registry entries (tests: a model whose first endpoint is down).
+    extra_models: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
         """Free ports everywhere (tests; runs beside a developer's stack)."""
-        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "temporal_port", "temporal_ui_port")}
+        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "temporal_port", "temporal_ui_port")}
         return cls(state_dir=state_dir, ui=False, **{**ports, **kw})  # type: ignore[arg-type]
 
 
@@ -199,21 +211,39 @@ class Stack:
         temporal += ["--ui-port", str(c.temporal_ui_port)] if c.ui else ["--headless"]
         env = python_env(self._env())
         self.procs["temporal"] = Proc("temporal", temporal, dict(os.environ), self._log("temporal"), tcp_ready(c.temporal_port))
-        self.procs["engine"] = Proc("engine", [py, "-m", "switchyard.devstack.llamacpp", "--model", str(models.smollm2_gguf(fetch=False)), "--alias", LLM_MODEL,
-                                               "--port", str(c.engine_port), "--threads", str(c.engine_threads), "--parallel", str(c.engine_parallel)],
+        llama = [py, "-m", "switchyard.devstack.llamacpp", "--threads", str(c.engine_threads), "--parallel", str(c.engine_parallel)]
+        self.procs["engine"] = Proc("engine", [*llama, "--model", str(models.smollm2_gguf(fetch=False)), "--alias", LLM_MODEL, "--port", str(c.engine_port), "--embeddings"],
                                     env, self._log("engine"), http_ready(f"http://127.0.0.1:{c.engine_port}/health"), ready_timeout_s=120)
+        template = c.state_dir / "gemma3-chat.jinja"
+        template.write_text(GEMMA_CHAT_TEMPLATE)
+        self.procs["engine-gemma"] = Proc("engine-gemma", [*llama, "--model", str(gemma3_270m_gguf(fetch=False)), "--alias", GEMMA_MODEL, "--port", str(c.gemma_port),
+                                                           "--chat-template-file", str(template)],
+                                          env, self._log("engine-gemma"), http_ready(f"http://127.0.0.1:{c.gemma_port}/health"), ready_timeout_s=120)
+        self.procs["sglang-fake"] = Proc("sglang-fake", [py, "-m", "switchyard.devstack.fake_sglang", "--port", str(c.sglang_port), "--model-name", SGLANG_MODEL,
+                                                         "--backend-url", f"http://127.0.0.1:{c.engine_port}", "--enable-priority-scheduling"],
+                                         env, self._log("sglang-fake"), http_ready(f"http://127.0.0.1:{c.sglang_port}/health"))
         worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency)},
                       self._log("worker-llm"), lambda: False)
         worker.ready = worker.log_contains("worker started")
         self.procs["worker-llm"] = worker
-        self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, "SWITCHYARD_API_PORT": str(c.api_port)},
+        self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, "SWITCHYARD_API_PORT": str(c.api_port), **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
 
     def _write_registry(self) -> None:
-        llama = {"engine": "llamacpp", "url": f"http://127.0.0.1:{self.cfg.engine_port}", "engine_model": LLM_MODEL}
-        registry = {"models": [{"name": LLM_MODEL, "domain": "llm", "kind": "chat", "context_length": 8192 // self.cfg.engine_parallel, "endpoints": [llama]}]}
+        c = self.cfg
+        ctx = 8192 // c.engine_parallel
+        llama = {"engine": "llamacpp", "url": f"http://127.0.0.1:{c.engine_port}", "engine_model": LLM_MODEL}
+        gemma = {"engine": "llamacpp", "url": f"http://127.0.0.1:{c.gemma_port}", "engine_model": GEMMA_MODEL}
+        sglang = {"engine": "sglang", "url": f"http://127.0.0.1:{c.sglang_port}", "engine_model": SGLANG_MODEL, "params": {"priority_scheduling": True}}
+        registry = {"models": [
+            {"name": LLM_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [llama]},
+            {"name": GEMMA_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "google", "endpoints": [gemma]},
+            {"name": EMBED_MODEL, "domain": "llm", "kind": "embedding", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [llama]},
+            {"name": SGLANG_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [sglang]},
+            *c.extra_models,
+        ]}
         (self.cfg.state_dir / "models.json").write_text(json.dumps(registry, indent=2))
 
     def start(self) -> None:
@@ -231,7 +261,7 @@ class Stack:
         self._write_registry()
         self._define()
         try:
-            for wave in (("temporal", "engine"), ("worker-llm", "api"), ("nginx",)):
+            for wave in (("temporal", "engine", "engine-gemma"), ("sglang-fake", "worker-llm", "api"), ("nginx",)):
                 for name in wave:
                     self.procs[name].start()
                 for name in wave:
@@ -260,7 +290,9 @@ class Stack:
             ("ingress (Nginx)", self.ingress),
             ("API (direct)", f"http://127.0.0.1:{c.api_port}  docs: {self.ingress}/docs"),
             ("Temporal", f"127.0.0.1:{c.temporal_port}" + (f"  UI: http://127.0.0.1:{c.temporal_ui_port}" if c.ui else "")),
-            ("LLM engine (llama.cpp)", f"http://127.0.0.1:{c.engine_port}  model: {LLM_MODEL}"),
+            ("llama.cpp: SmolLM2", f"http://127.0.0.1:{c.engine_port}  models: {LLM_MODEL}, {EMBED_MODEL}"),
+            ("llama.cpp: Gemma 3", f"http://127.0.0.1:{c.gemma_port}  model: {GEMMA_MODEL}"),
+            ("SGLang (FAKE, llama.cpp)", f"http://127.0.0.1:{c.sglang_port}  model: {SGLANG_MODEL}"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("logs", str(c.state_dir / "logs")),

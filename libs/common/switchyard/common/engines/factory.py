@@ -8,10 +8,11 @@ import httpx
 
 from switchyard.common.engines.base import Engine
 from switchyard.common.engines.llamacpp import LlamaCppEngine
+from switchyard.common.engines.sglang import SGLangEngine
 from switchyard.common.engines.vllm import VllmEngine
 from switchyard.common.model_registry import Endpoint
 
-ADAPTERS: Final[dict[str, type[Engine]]] = {cls.name: cls for cls in (LlamaCppEngine, VllmEngine)}
+ADAPTERS: Final[dict[str, type[Engine]]] = {cls.name: cls for cls in (LlamaCppEngine, VllmEngine, SGLangEngine)}
 
 
 def engine_for(endpoint: Endpoint, http: httpx.AsyncClient) -> Engine:
