@@ -17,7 +17,7 @@ import pytest
 from switchyard.common.engines.factory import engine_for
 from switchyard.common.model_registry import ModelRegistry
 from switchyard.devstack.client import JobClient
-from switchyard.devstack.stack import EMBED_MODEL, GEMMA_MODEL, LLM_MODEL, SGLANG_MODEL, Stack
+from switchyard.devstack.stack import EMBED_MODEL, GEMMA_MODEL, LLM_MODEL, SGLANG_MODEL, VLLM_MODEL, Stack
 
 MSG = [{"role": "user", "content": "What is a train?"}]
 
@@ -90,10 +90,11 @@ def test_fallback_to_the_next_endpoint(oai: openai.OpenAI, client: JobClient) ->
 def test_engine_native_parts(stack: Stack) -> None:
     """Health, load metrics and token counting through each adapter, against the running engines."""
     registry = ModelRegistry.load(stack.cfg.state_dir / "models.json")
+    assert stack.cfg.vllm, "vLLM is not installed: run build-support/setup-vllm.sh (./switchyard setup does)"
 
     async def probe() -> None:
         async with httpx.AsyncClient() as http:
-            for name in (LLM_MODEL, GEMMA_MODEL, SGLANG_MODEL):
+            for name in (LLM_MODEL, GEMMA_MODEL, SGLANG_MODEL, VLLM_MODEL):
                 engine = engine_for(registry.get(name).endpoints[0], http)  # type: ignore[union-attr]
                 assert await engine.health(), name
                 metrics = await engine.metrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -11,10 +12,20 @@ import httpx
 import openai
 import pytest
 
+from switchyard.common.engines.factory import engine_for
+from switchyard.common.model_registry import ModelRegistry
 from switchyard.devstack.client import LLM_MODEL, JobClient, llm_job
-from switchyard.devstack.stack import Stack
+from switchyard.devstack.stack import VLLM_MODEL, Stack
 
 MSG = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(params=[LLM_MODEL, VLLM_MODEL], ids=["llama.cpp", "vllm"])
+def model(request: pytest.FixtureRequest, stack: Stack) -> str:
+    """The same OpenAI behaviour on each real engine."""
+    if request.param == VLLM_MODEL:
+        assert stack.cfg.vllm, "vLLM is not installed: run build-support/setup-vllm.sh (./switchyard setup does)"
+    return str(request.param)
 
 
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
@@ -27,12 +38,12 @@ def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
     assert e.value.body["code"] == "model_not_found"  # type: ignore[index]
 
 
-def test_chat_completion_runs_as_a_job_with_header_priority(oai: openai.OpenAI, client: JobClient) -> None:
-    raw = oai.chat.completions.with_raw_response.create(model=LLM_MODEL, messages=MSG, max_tokens=12, extra_headers={"X-Priority": "low"})  # type: ignore[arg-type]
+def test_chat_completion_runs_as_a_job_with_header_priority(oai: openai.OpenAI, client: JobClient, model: str) -> None:
+    raw = oai.chat.completions.with_raw_response.create(model=model, messages=MSG, max_tokens=12, extra_headers={"X-Priority": "low"})  # type: ignore[arg-type]
     completion = raw.parse()
     job_id = raw.headers["x-switchyard-job-id"]
     choice = completion.choices[0]
-    assert completion.id == f"chatcmpl-{job_id}" and completion.object == "chat.completion" and completion.model == LLM_MODEL
+    assert completion.id == f"chatcmpl-{job_id}" and completion.object == "chat.completion" and completion.model == model
     assert choice.message.role == "assistant" and choice.message.content and choice.finish_reason in ("stop", "length")
     assert completion.usage and completion.usage.completion_tokens <= 12 and completion.usage.prompt_tokens > 0
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
@@ -47,9 +58,9 @@ def test_api_key_tier_sets_priority(stack: Stack, client: JobClient) -> None:
     assert client.get(raw.headers["x-switchyard-job-id"])["priority"] == 5
 
 
-def test_chat_streaming_with_usage(oai: openai.OpenAI, client: JobClient) -> None:
+def test_chat_streaming_with_usage(oai: openai.OpenAI, model: str, client: JobClient) -> None:
     with oai.chat.completions.with_streaming_response.create(
-        model=LLM_MODEL, messages=MSG, max_tokens=16, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model=model, messages=MSG, max_tokens=16, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
     ) as resp:
         job_id = resp.headers["x-switchyard-job-id"]
         chunks = list(resp.parse())
@@ -62,8 +73,8 @@ def test_chat_streaming_with_usage(oai: openai.OpenAI, client: JobClient) -> Non
     assert text == client.get(job_id)["result"]["text"]
 
 
-def test_n_choices_with_logprobs(oai: openai.OpenAI) -> None:
-    completion = oai.chat.completions.create(model=LLM_MODEL, messages=MSG, max_tokens=6, n=2, logprobs=True, top_logprobs=2)  # type: ignore[arg-type]
+def test_n_choices_with_logprobs(oai: openai.OpenAI, model: str) -> None:
+    completion = oai.chat.completions.create(model=model, messages=MSG, max_tokens=6, n=2, logprobs=True, top_logprobs=2)  # type: ignore[arg-type]
     assert [c.index for c in completion.choices] == [0, 1]
     for choice in completion.choices:
         assert choice.logprobs and choice.logprobs.content
@@ -74,8 +85,8 @@ def test_n_choices_with_logprobs(oai: openai.OpenAI) -> None:
     assert completion.usage and streamed <= completion.usage.completion_tokens <= streamed + 2
 
 
-def test_streaming_n_choices_keeps_them_apart(oai: openai.OpenAI) -> None:
-    stream = oai.chat.completions.create(model=LLM_MODEL, messages=MSG, max_tokens=5, n=2, stream=True, seed=3)  # type: ignore[arg-type]
+def test_streaming_n_choices_keeps_them_apart(oai: openai.OpenAI, model: str) -> None:
+    stream = oai.chat.completions.create(model=model, messages=MSG, max_tokens=5, n=2, stream=True, seed=3)  # type: ignore[arg-type]
     texts = {0: "", 1: ""}
     for chunk in stream:
         for c in chunk.choices:
@@ -83,27 +94,27 @@ def test_streaming_n_choices_keeps_them_apart(oai: openai.OpenAI) -> None:
     assert texts[0] and texts[1]
 
 
-def test_seed_reproduces_and_stop_sequences_stop(oai: openai.OpenAI) -> None:
+def test_seed_reproduces_and_stop_sequences_stop(oai: openai.OpenAI, model: str) -> None:
     def ask() -> str:
-        r = oai.chat.completions.create(model=LLM_MODEL, messages=MSG, max_tokens=20, temperature=1.0, seed=1234)  # type: ignore[arg-type]
+        r = oai.chat.completions.create(model=model, messages=MSG, max_tokens=20, temperature=1.0, seed=1234)  # type: ignore[arg-type]
         return r.choices[0].message.content or ""
 
     assert ask() == ask()
-    r = oai.completions.create(model=LLM_MODEL, prompt="1, 2, 3, 4,", max_tokens=30, temperature=0, stop=[" 7"])
+    r = oai.completions.create(model=model, prompt="1, 2, 3, 4,", max_tokens=30, temperature=0, stop=[" 7"])
     assert " 7" not in r.choices[0].text and r.choices[0].finish_reason == "stop"
 
 
-def test_max_completion_tokens_with_ignore_eos(oai: openai.OpenAI) -> None:
-    r = oai.chat.completions.create(model=LLM_MODEL, messages=MSG, max_completion_tokens=25, extra_body={"ignore_eos": True})  # type: ignore[arg-type]
+def test_max_completion_tokens_with_ignore_eos(oai: openai.OpenAI, model: str) -> None:
+    r = oai.chat.completions.create(model=model, messages=MSG, max_completion_tokens=25, extra_body={"ignore_eos": True})  # type: ignore[arg-type]
     assert r.usage and r.usage.completion_tokens == 25 and r.choices[0].finish_reason == "length"
 
 
-def test_legacy_completions_stream_and_logprobs(oai: openai.OpenAI) -> None:
-    r = oai.completions.create(model=LLM_MODEL, prompt="The capital of France is", max_tokens=5, logprobs=2, temperature=0)
+def test_legacy_completions_stream_and_logprobs(oai: openai.OpenAI, model: str) -> None:
+    r = oai.completions.create(model=model, prompt="The capital of France is", max_tokens=5, logprobs=2, temperature=0)
     lp = r.choices[0].logprobs
     assert r.object == "text_completion" and lp and lp.tokens and "".join(lp.tokens) == r.choices[0].text
     assert lp.top_logprobs and all(len(t) == 2 for t in lp.top_logprobs) and lp.text_offset and lp.text_offset[0] == 0
-    streamed = "".join(c.choices[0].text for c in oai.completions.create(model=LLM_MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True) if c.choices)
+    streamed = "".join(c.choices[0].text for c in oai.completions.create(model=model, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True) if c.choices)
     assert streamed == r.choices[0].text
 
 
@@ -147,30 +158,35 @@ def test_invalid_utf8_and_unknown_model(stack: Stack, oai: openai.OpenAI) -> Non
         oai.completions.create(model=LLM_MODEL, prompt="x", max_tokens=3, echo=True)
 
 
-def _engine_busy(stack: Stack) -> float:
-    metrics = httpx.get(f"http://127.0.0.1:{stack.cfg.engine_port}/metrics", timeout=5).text
-    line = next(line for line in metrics.splitlines() if line.startswith("llamacpp:requests_processing"))
-    return float(line.split()[-1])
+def _engine_busy(stack: Stack, model: str) -> float:
+    """Requests the model's engine is generating right now, by the engine's own metrics."""
+    endpoint = ModelRegistry.load(stack.cfg.state_dir / "models.json").get(model).endpoints[0]  # type: ignore[union-attr]
+
+    async def running() -> float:
+        async with httpx.AsyncClient() as http:
+            return (await engine_for(endpoint, http).metrics()).running or 0.0
+
+    return asyncio.run(running())
 
 
-def _wait_cancelled(stack: Stack, client: JobClient, job_id: str) -> None:
+def _wait_cancelled(stack: Stack, client: JobClient, job_id: str, model: str = LLM_MODEL) -> None:
     deadline = time.monotonic() + 20
     while client.get(job_id)["status"] != "cancelled" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert client.get(job_id)["status"] == "cancelled"
-    while _engine_busy(stack) and time.monotonic() < deadline:
+    while _engine_busy(stack, model) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _engine_busy(stack) == 0, "the engine kept generating for a client that left"
+    assert _engine_busy(stack, model) == 0, "the engine kept generating for a client that left"
 
 
-def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(stack: Stack, client: JobClient) -> None:
-    body = {"model": LLM_MODEL, "messages": MSG, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(stack: Stack, client: JobClient, model: str) -> None:
+    body = {"model": model, "messages": MSG, "max_tokens": 1500, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", stack.ingress + "/v1/chat/completions", json=body, timeout=30) as r:
         job_id = r.headers["x-switchyard-job-id"]
         for i, _ in enumerate(r.iter_lines()):
             if i > 10:
                 break
-    _wait_cancelled(stack, client, job_id)
+    _wait_cancelled(stack, client, job_id, model)
 
 
 def test_client_disconnect_while_waiting_cancels_a_non_streamed_completion(stack: Stack, client: JobClient) -> None:

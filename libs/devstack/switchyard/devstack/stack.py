@@ -29,6 +29,8 @@ GEMMA_MODEL = "gemma-3-270m"
 EMBED_MODEL = "smollm2-135m-embed"
 # Served through the protocol-faithful FAKE SGLang server (SGLang needs CUDA), backed by llama.cpp.
 SGLANG_MODEL = "smollm2-135m-instruct-sglang-fake"
+# SmolLM2 again, on a real vLLM (CPU build, own venv: build-support/setup-vllm.sh).
+VLLM_MODEL = "smollm2-135m-instruct-vllm"
 
 
 @dataclass
@@ -39,6 +41,9 @@ class StackConfig:
     engine_port: int = 8090
     gemma_port: int = 8091
     sglang_port: int = 8092
+    vllm_port: int = 8093
+    # Run vLLM when build-support/setup-vllm.sh has installed it (None: whenever it is installed).
+    vllm: bool | None = None
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
@@ -56,8 +61,14 @@ class StackConfig:
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
         """Free ports everywhere (tests; runs beside a developer's stack)."""
-        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "temporal_port", "temporal_ui_port")}
+        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "vllm_port", "temporal_port", "temporal_ui_port")}
         return cls(state_dir=state_dir, ui=False, **{**ports, **kw})  # type: ignore[arg-type]
+
+
+def vllm_dirs() -> tuple[Path, Path]:
+    """(venv python, SmolLM2 HF model dir) as build-support/setup-vllm.sh lays them out."""
+    base = models.cache_dir() / "vllm"
+    return base / "venv" / "bin" / "python", base / "models" / "smollm2-135m-instruct"
 
 
 def find_temporal() -> str:
@@ -219,6 +230,16 @@ class Stack:
         self.procs["engine-gemma"] = Proc("engine-gemma", [*llama, "--model", str(gemma3_270m_gguf(fetch=False)), "--alias", GEMMA_MODEL, "--port", str(c.gemma_port),
                                                            "--chat-template-file", str(template)],
                                           env, self._log("engine-gemma"), http_ready(f"http://127.0.0.1:{c.gemma_port}/health"), ready_timeout_s=120)
+        if c.vllm:
+            python, model_dir = vllm_dirs()
+            env_vllm = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
+            env_vllm.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0", VLLM_NO_USAGE_STATS="1",
+                            VLLM_CACHE_ROOT=str(c.state_dir / "vllm-cache"))
+            self.procs["vllm"] = Proc("vllm", [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                                               "--served-model-name", LLM_MODEL, "--host", "127.0.0.1", "--port", str(c.vllm_port),
+                                               "--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager",
+                                               "--scheduling-policy", "priority"],
+                                      env_vllm, self._log("vllm"), http_ready(f"http://127.0.0.1:{c.vllm_port}/health"), ready_timeout_s=300)
         self.procs["sglang-fake"] = Proc("sglang-fake", [py, "-m", "switchyard.devstack.fake_sglang", "--port", str(c.sglang_port), "--model-name", SGLANG_MODEL,
                                                          "--backend-url", f"http://127.0.0.1:{c.engine_port}", "--enable-priority-scheduling"],
                                          env, self._log("sglang-fake"), http_ready(f"http://127.0.0.1:{c.sglang_port}/health"))
@@ -244,6 +265,9 @@ class Stack:
             {"name": SGLANG_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [sglang]},
             *c.extra_models,
         ]}
+        if c.vllm:
+            vllm = {"engine": "vllm", "url": f"http://127.0.0.1:{c.vllm_port}", "engine_model": LLM_MODEL, "params": {"priority_scheduling": True}}
+            registry["models"].append({"name": VLLM_MODEL, "domain": "llm", "kind": "chat", "context_length": 2048, "owned_by": "HuggingFaceTB", "endpoints": [vllm]})
         (self.cfg.state_dir / "models.json").write_text(json.dumps(registry, indent=2))
 
     def start(self) -> None:
@@ -257,15 +281,23 @@ class Stack:
             if name in self.procs:
                 self.procs[name].start()
                 self.procs[name].wait_ready()
+        if c.vllm is None:
+            c.vllm = all(p.exists() for p in vllm_dirs())
         upgrade(c.postgres_dsn)
         self._write_registry()
         self._define()
         try:
-            for wave in (("temporal", "engine", "engine-gemma"), ("sglang-fake", "worker-llm", "api"), ("nginx",)):
+            # vLLM takes ~30 s to load: it starts first and is waited for last.
+            waves = [("vllm", "temporal", "engine", "engine-gemma"), ("sglang-fake", "worker-llm", "api"), ("nginx",), ("vllm",)]
+            started: set[str] = set()
+            for wave in waves:
                 for name in wave:
-                    self.procs[name].start()
+                    if name in self.procs and name not in started:
+                        self.procs[name].start()
+                        started.add(name)
                 for name in wave:
-                    self.procs[name].wait_ready()
+                    if name in self.procs and (name != "vllm" or wave == waves[-1]):
+                        self.procs[name].wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -293,6 +325,7 @@ class Stack:
             ("llama.cpp: SmolLM2", f"http://127.0.0.1:{c.engine_port}  models: {LLM_MODEL}, {EMBED_MODEL}"),
             ("llama.cpp: Gemma 3", f"http://127.0.0.1:{c.gemma_port}  model: {GEMMA_MODEL}"),
             ("SGLang (FAKE, llama.cpp)", f"http://127.0.0.1:{c.sglang_port}  model: {SGLANG_MODEL}"),
+            ("vLLM (CPU)", f"http://127.0.0.1:{c.vllm_port}  model: {VLLM_MODEL}" if c.vllm else "not installed (build-support/setup-vllm.sh)"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("logs", str(c.state_dir / "logs")),
