@@ -22,7 +22,9 @@ def main() -> None:
     args.which = args.which or ["submit", "ttft"]
     if set(args.which) - {"submit", "ttft"}:
         ap.error("benchmarks: submit, ttft")
-    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=args.postgres_dsn, worker_concurrency=4, engine_parallel=4)
+    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=args.postgres_dsn, worker_concurrency=4, engine_parallel=4,
+                                # The submission benchmark builds a backlog on purpose: no admission limit.
+                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
     stack = Stack(cfg)
     stack.start()
     try:
