@@ -218,5 +218,6 @@ def test_overload_answers_429_with_retry_after(stack: Stack, client: JobClient, 
             client.http.delete(f"/v1/jobs/{job_id}")
         os.kill(worker.pid, signal.SIGCONT)
     for job_id in backlog:
-        assert list(client.events(job_id))[-1].data["status"] == "cancelled"
+        # A job the worker had already taken before it was paused may finish before its cancel lands.
+        assert list(client.events(job_id))[-1].data["status"] in ("cancelled", "succeeded")
     assert oai.chat.completions.create(model=LLM_MODEL, messages=MSG, max_tokens=2).choices  # type: ignore[arg-type]

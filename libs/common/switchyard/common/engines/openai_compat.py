@@ -23,6 +23,17 @@ def error_message(body: bytes) -> str:
     return str(err)[:500]
 
 
+async def sse_json(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, up to ``data: [DONE]``."""
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
 class OpenAICompatibleEngine(Engine):
     def extra_body(self, inp: LlmInput, priority: int | None) -> dict[str, Any]:
         """Engine-specific request fields (registry ``params`` merged last)."""
@@ -64,16 +75,11 @@ class OpenAICompatibleEngine(Engine):
         async with self.http.stream("POST", self.url + path, json=body) as resp:
             if resp.status_code != 200:
                 raise self.classify(resp.status_code, error_message(await resp.aread()))
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                payload = json.loads(data)
+            async for payload in sse_json(resp):
                 if "error" in payload:
                     err = payload["error"]
-                    raise self.classify(int(err.get("code") or 500) if isinstance(err, dict) and str(err.get("code", "")).isdigit() else 500, error_message(data.encode()))
+                    status = int(err["code"]) if isinstance(err, dict) and str(err.get("code", "")).isdigit() else 500
+                    raise self.classify(status, error_message(json.dumps(payload).encode()))
                 yield self._chunk(payload)
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from switchyard.common.contracts import LlmInput, Usage
 from switchyard.common.engines.base import Chunk, EngineError
-from switchyard.common.engines.openai_compat import OpenAICompatibleEngine, error_message
+from switchyard.common.engines.openai_compat import OpenAICompatibleEngine, error_message, sse_json
 
 
 def sglang_priority(priority_key: int) -> int:
@@ -59,15 +59,9 @@ class SGLangEngine(OpenAICompatibleEngine):
         async with self.http.stream("POST", f"{self.url}/generate", json=body) as resp:
             if resp.status_code != 200:
                 raise self.classify(resp.status_code, error_message(await resp.aread()))
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                payload = json.loads(data)
+            async for payload in sse_json(resp):
                 if "error" in payload:  # SGLang reports stream errors in-band with status 200
-                    raise self.classify(400, error_message(data.encode()))
+                    raise self.classify(400, error_message(json.dumps(payload).encode()))
                 text: str = payload.get("text", "")
                 meta = payload.get("meta_info") or {}
                 chunk = Chunk(text=text[seen:])  # the text is cumulative
