@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import logging
 import time
 import uuid
 from typing import Annotated, Literal
@@ -20,7 +19,6 @@ from switchyard.common.contracts import JobCreate, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.priority import priority_key
 
-log = logging.getLogger("switchyard.api.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 

@@ -17,7 +17,7 @@ from switchyard.api.errors import ApiError, error_body
 from switchyard.api.jobs_routes import load_job
 from switchyard.common.contracts import JobEvent, JobStatus
 from switchyard.common.db.models import Job
-from switchyard.common.events import START
+from switchyard.common.events import START, stream_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -34,7 +34,7 @@ def _resume_point(value: str | None) -> str:
 async def job_events(res: Resources, job: Job, after: str) -> AsyncIterator[JobEvent | None]:
     """Replay then follow a job's events until it ends; None marks an idle interval."""
     job_id = str(job.id)
-    if JobStatus(job.status).terminal and not await res.redis.exists(f"switchyard:job:{job_id}:events"):
+    if JobStatus(job.status).terminal and not await res.redis.exists(stream_key(job_id)):
         # The stream expired; the row still knows how the job ended.
         yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
         return
