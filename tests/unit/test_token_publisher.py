@@ -25,7 +25,7 @@ def _run(attempt_1: list[str], attempt_2: list[str]) -> list[tuple[str, dict[str
         for t in attempt_2:
             await retry.token(0, t, [])
         await retry.finish()
-        events = [(e.type, e.data) for e in await bus.read(job)]
+        events: list[tuple[str, dict[str, object]]] = [(e.type, e.data) for e in await bus.read(job)]
         assert "".join((await bus.tokens_since_reset(job))[0]) == "".join(attempt_2)
         await redis.aclose()
         return events
