@@ -16,7 +16,7 @@ from switchyard.devstack.procs import free_port, python_env, tcp_ready
 
 def _up(dsn: str, http_port: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
     ports = {"--api-port": free_port(), "--temporal-port": free_port(), "--temporal-ui-port": free_port(), "--engine-port": free_port(),
-             "--gemma-port": free_port(), "--sglang-port": free_port(), "--http-port": http_port}
+             "--gemma-port": free_port(), "--sglang-port": free_port(), "--vllm-port": free_port(), "--http-port": http_port}
     cmd = [sys.executable, "-m", "switchyard.devstack", "up", "--state-dir", tempfile.mkdtemp(prefix="switchyard-up-"), "--postgres-dsn", dsn]
     for flag, port in ports.items():
         cmd += [flag, str(port)]

@@ -24,7 +24,7 @@ def _up(args: argparse.Namespace) -> int:
     fetch_models()
     cfg = StackConfig(state_dir=Path(args.state_dir).resolve(), http_port=args.http_port, api_port=args.api_port,
                       temporal_port=args.temporal_port, temporal_ui_port=args.temporal_ui_port, engine_port=args.engine_port,
-                      gemma_port=args.gemma_port, sglang_port=args.sglang_port,
+                      gemma_port=args.gemma_port, sglang_port=args.sglang_port, vllm_port=args.vllm_port, vllm=False if args.no_vllm else None,
                       postgres_dsn=args.postgres_dsn, redis_url=args.redis_url)
     stack = Stack(cfg)
     stop = threading.Event()
@@ -56,16 +56,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="switchyard")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="run the platform in the foreground")
-    up.add_argument("--state-dir", default=".state")
-    up.add_argument("--http-port", type=int, default=8080)
-    up.add_argument("--api-port", type=int, default=8000)
-    up.add_argument("--temporal-port", type=int, default=7233)
-    up.add_argument("--engine-port", type=int, default=8090)
-    up.add_argument("--gemma-port", type=int, default=8091)
-    up.add_argument("--sglang-port", type=int, default=8092)
-    up.add_argument("--temporal-ui-port", type=int, default=8233)
-    up.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard")
-    up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    up.add_argument("--state-dir", default=".state", help="logs, Temporal's SQLite file, rendered configs (default: .state)")
+    up.add_argument("--http-port", type=int, default=8080, help="Nginx ingress (default: 8080)")
+    up.add_argument("--api-port", type=int, default=8000, help="API behind Nginx (default: 8000)")
+    up.add_argument("--temporal-port", type=int, default=7233, help="Temporal frontend (default: 7233)")
+    up.add_argument("--temporal-ui-port", type=int, default=8233, help="Temporal UI (default: 8233)")
+    up.add_argument("--engine-port", type=int, default=8090, help="llama.cpp with SmolLM2 (default: 8090)")
+    up.add_argument("--gemma-port", type=int, default=8091, help="llama.cpp with Gemma 3 (default: 8091)")
+    up.add_argument("--sglang-port", type=int, default=8092, help="the fake SGLang server (default: 8092)")
+    up.add_argument("--vllm-port", type=int, default=8093, help="vLLM, when installed (default: 8093)")
+    up.add_argument("--no-vllm", action="store_true", help="do not start vLLM even if it is installed")
+    up.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard",
+                    help="used if reachable, else a private PostgreSQL is started in the state folder")
+    up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used if reachable, else a private Redis is started")
     sub.add_parser("setup", help="fetch model files into the cache")
     args = ap.parse_args()
     if args.cmd == "setup":
