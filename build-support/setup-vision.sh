@@ -47,12 +47,10 @@ BACKENDS="$BASE/backends"
 TEMPLATES="$ROOT/infra/triton"
 EXPORTER="$ROOT/build-support/export_efficientnet.py"
 
-log() { printf '[setup-vision] %s\n' "$*" >&2; }
-die() { printf '[setup-vision] ERROR: %s\n' "$*" >&2; exit 1; }
-trap 'die "failed at line $LINENO (command: $BASH_COMMAND)"' ERR
-
-# pip warns once per package about the machine's local file:// indexes; keep the real messages.
-pip_in() { local py="$1"; shift; "$py" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2 || true); }
+SY_TAG=setup-vision
+# shellcheck source=build-support/lib.sh
+source "$ROOT/build-support/lib.sh"
+sy_trap_errors
 
 FORCE=0
 KEEP_EXPORT_VENV="${SWITCHYARD_VISION_KEEP_EXPORT_VENV:-0}"
@@ -64,16 +62,6 @@ for arg in "$@"; do
   esac
 done
 
-host_python() {
-  local c
-  for c in python3.11 /root/.pyenv/versions/3.11.7/bin/python3.11 python3; do
-    if command -v "$c" >/dev/null 2>&1 \
-        && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-      command -v "$c"; return
-    fi
-  done
-  die "CPython 3.11 is required (the pytriton stub used is python_backend_stubs/3.11)"
-}
 sum16() { cat "$@" | sha256sum | cut -c1-16; }
 fresh() { [[ $FORCE == 0 && -f "$1" && "$(cat "$1")" == "$2" ]]; }  # fresh STAMP KEY
 
@@ -92,7 +80,7 @@ else
   t0=$SECONDS
   rm -rf "$VENV"
   "$(host_python)" -m venv "$VENV"
-  pip_in "$VENV/bin/python" install -q --progress-bar off "${VENV_PKGS[@]}" \
+  pip_quiet "$VENV/bin/python" install -q --progress-bar off "${VENV_PKGS[@]}" \
     || die "pip install into $VENV failed (see pip's output above)"
   "$VENV/bin/python" -c 'import nvidia.dali, onnxruntime, tritonclient.grpc, tritonclient.http, sklearn, PIL' \
     || die "the vision venv does not import"
@@ -117,14 +105,14 @@ else
     log "creating throwaway export venv $EXPORT_VENV (torch==$TORCH_VERSION CPU from the local wheel folder)"
     rm -rf "$EXPORT_VENV"
     "$(host_python)" -m venv "$EXPORT_VENV"
-    pip_in "$EXPORT_VENV/bin/python" install -q --progress-bar off "${EXPORT_PKGS[@]}" \
+    pip_quiet "$EXPORT_VENV/bin/python" install -q --progress-bar off "${EXPORT_PKGS[@]}" \
       || die "pip install into $EXPORT_VENV failed (torch==$TORCH_VERSION must be in pip's find-links)"
     echo "${EXPORT_PKGS[*]}" > "$EXPORT_VENV/.switchyard-stamp"
     log "export venv ready in $((SECONDS - t0)) s, $(du -sh "$EXPORT_VENV" | cut -f1)"
   fi
   dl="$BASE/download"
   rm -rf "$dl" "$MODELS.tmp" && mkdir -p "$dl"
-  pip_in "$VENV/bin/python" download -q --no-deps -d "$dl" "torchvision==$TORCHVISION_VERSION" \
+  pip_quiet "$VENV/bin/python" download -q --no-deps -d "$dl" "torchvision==$TORCHVISION_VERSION" \
     || die "pip download of torchvision==$TORCHVISION_VERSION (for the ImageNet labels) failed"
   t1=$SECONDS
   PYTHONWARNINGS=ignore "$EXPORT_VENV/bin/python" "$EXPORTER" --out-dir "$MODELS.tmp" \

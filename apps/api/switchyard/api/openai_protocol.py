@@ -42,6 +42,10 @@ class _Common(BaseModel):
     presence_penalty: Annotated[float, Field(ge=0.0, le=0.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] = 0.0
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Common:
         if self.stream_options is not None and not self.stream:

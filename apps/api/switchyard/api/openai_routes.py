@@ -303,8 +303,7 @@ async def chat_completions(
     entry = find_model(res, body.model, "llm", "chat")
     inp = _llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
     job = await _start(res, entry, inp, x_priority, authorization, body.user)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(Reply(res, job, "chat", body.n, body.logprobs, include_usage), request, body.stream)
+    return await _respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage), request, body.stream)
 
 
 @router.post("/completions")
@@ -314,8 +313,7 @@ async def completions(
 ) -> Any:
     entry = find_model(res, body.model, "llm", "chat")
     job = await _start(res, entry, _llm_input(body.llm_input, entry, body.max_tokens), x_priority, authorization, body.user)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(Reply(res, job, "text", body.n, body.logprobs is not None, include_usage), request, body.stream)
+    return await _respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage), request, body.stream)
 
 
 @router.post("/embeddings")
