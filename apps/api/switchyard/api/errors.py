@@ -1,6 +1,7 @@
 """One error shape for every 4xx/5xx: ``{"error": {"type", "code", "message", "param", "details"}}``.
 
-It is OpenAI's error object plus optional ``details``, so OpenAI clients read it unchanged.
+It is OpenAI's error object plus optional ``details``, so OpenAI clients read it unchanged. The
+KServe V2 routes (``/v2``) answer with V2's own shape, ``{"error": "message"}``, as V2 clients expect.
 """
 
 from __future__ import annotations
@@ -37,9 +38,22 @@ def error_body(status: int, code: str, message: str, param: str | None = None, d
     return {"error": err}
 
 
+V2_PREFIX = "/v2"
+
+
+def is_v2(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
 def error_response(status: int, code: str, message: str, **kw: Any) -> JSONResponse:
     headers = kw.pop("headers", None)
     return JSONResponse(error_body(status, code, message, **kw), status_code=status, headers=headers)
+
+
+def _error_for(request: Request, status: int, code: str, message: str, **kw: Any) -> JSONResponse:
+    if is_v2(request.url.path):
+        return JSONResponse({"error": message}, status_code=status, headers=kw.get("headers"))
+    return error_response(status, code, message, **kw)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -54,8 +68,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_for(request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -72,12 +86,12 @@ def install(app: FastAPI) -> None:
         return error_response(status, "invalid_value" if status == 400 else "validation_error", f"{param or 'body'}: {first['msg']}", param=param, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI raises a bare 400 when it cannot decode the body (bad UTF-8, broken framing).
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _error_for(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+        return _error_for(request, 500, "internal_error", "internal error")

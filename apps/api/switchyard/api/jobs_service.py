@@ -48,6 +48,13 @@ def find_model(res: Resources, name: str, domain: str, kind: str | None = None) 
     return entry
 
 
+def find_image_model(res: Resources, name: str) -> None:
+    """Vision jobs name a V2 image classifier (switchyard.common.v2.config), e.g. ``vision-classify``."""
+    m = res.v2.config.get(name)
+    if m is None or m.domain != "vision" or m.image_input() is None:
+        raise ApiError(404, "model_not_found", f"The model {name!r} does not exist or is not an image classifier", param="model")
+
+
 async def admit(res: Resources, model: str) -> None:
     """Refuse new work for a model whose backlog is full (429 + Retry-After), instead of queueing forever."""
     if await res.store.pending(model) >= res.settings.max_pending_per_model:

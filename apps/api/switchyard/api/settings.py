@@ -1,10 +1,17 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from switchyard.common.priority import PriorityValue
 from switchyard.common.settings import CommonSettings
+
+
+class V2Upstream(BaseModel):
+    """A domain worker's KServe V2 endpoints (realtime lane)."""
+
+    http: str  # base URL, e.g. http://127.0.0.1:8110
+    grpc: str  # host:port
 
 
 class ApiSettings(CommonSettings):
@@ -20,3 +27,11 @@ class ApiSettings(CommonSettings):
     max_pending_per_model: int = Field(default=512, ge=1)
     # API key → priority tier ("high"/"normal"/"low" or 1..5), JSON in SWITCHYARD_API_KEY_TIERS.
     api_key_tiers: dict[str, PriorityValue] = {}
+    # KServe V2 gRPC ingress (Nginx forwards its gRPC port here).
+    grpc_port: int = 8001
+    # Domain → its worker's V2 endpoints, JSON in SWITCHYARD_V2_UPSTREAMS.
+    v2_upstreams: dict[str, V2Upstream] = {}
+    # Realtime-lane deadline per request, and the circuit breaker per worker endpoint.
+    v2_timeout_s: float = Field(default=10.0, gt=0)
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)

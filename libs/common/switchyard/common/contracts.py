@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from switchyard.common.priority import PriorityValue
 
@@ -56,8 +58,23 @@ class LlmInput(_Strict):
 
 
 class VisionInput(_Strict):
+    """Images (JPEG/PNG, base64) classified by a V2 image model such as ``vision-classify``."""
+
     images: Annotated[list[Annotated[str, Field(min_length=4, max_length=8_000_000)]], Field(min_length=1, max_length=32)]
     top_k: Annotated[int, Field(ge=1, le=20)] = 5
+
+    @field_validator("images")
+    @classmethod
+    def _base64(cls, images: list[str]) -> list[str]:
+        for i, img in enumerate(images):
+            try:
+                base64.b64decode(img, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"images[{i}] is not valid base64") from None
+        return images
+
+    def decoded(self) -> list[bytes]:
+        return [base64.b64decode(img) for img in self.images]
 
 
 class RecsysInput(_Strict):
@@ -150,6 +167,18 @@ class LlmGeneration(BaseModel):
     endpoint: str
 
 
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class VisionClassification(BaseModel):
+    """One image's top-k, in request order."""
+
+    predictions: list[list[Prediction]]
+    timings: Timings
+
+
 class JobOutcome(BaseModel):
     """What a workflow records when it ends (also its return value)."""
 
@@ -164,7 +193,8 @@ class JobOutcome(BaseModel):
 # ---------------------------------------------------------------- events
 
 
-EventType = Literal["status", "token", "reset", "result", "error"]
+# progress: {"done": n, "total": m} for batch jobs (vision).
+EventType = Literal["status", "token", "reset", "result", "error", "progress"]
 
 
 class JobEvent(BaseModel):

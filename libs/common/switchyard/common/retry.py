@@ -18,6 +18,15 @@ LLM_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
+# Vision batches: a retry resumes after the last finished chunk (heartbeat checkpoint).
+VISION_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+
 # Bookkeeping activities (database, event stream) retry quickly and for longer.
 BOOKKEEPING_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),

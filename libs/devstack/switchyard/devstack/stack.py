@@ -44,6 +44,17 @@ class StackConfig:
     vllm_port: int = 8093
     # Run vLLM when build-support/setup-vllm.sh has installed it (None: whenever it is installed).
     vllm: bool | None = None
+    # KServe V2 gRPC ingress (Nginx) and the API's own gRPC port behind it.
+    grpc_port: int = 8081
+    api_grpc_port: int = 8001
+    # Vision: Triton (HTTP/gRPC/metrics) and the vision worker's V2 endpoints. None: run them
+    # whenever build-support/setup-vision.sh has installed them; True: required.
+    vision: bool | None = None
+    triton_http_port: int = 8100
+    triton_grpc_port: int = 8101
+    triton_metrics_port: int = 8102
+    vision_http_port: int = 8110
+    vision_grpc_port: int = 8111
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
@@ -61,7 +72,9 @@ class StackConfig:
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
         """Free ports everywhere (tests; runs beside a developer's stack)."""
-        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "vllm_port", "temporal_port", "temporal_ui_port")}
+        ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "vllm_port", "temporal_port", "temporal_ui_port",
+                                          "grpc_port", "api_grpc_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
+                                          "vision_http_port", "vision_grpc_port")}
         return cls(state_dir=state_dir, ui=False, **{**ports, **kw})  # type: ignore[arg-type]
 
 
@@ -69,6 +82,13 @@ def vllm_dirs() -> tuple[Path, Path]:
     """(venv python, SmolLM2 HF model dir) as build-support/setup-vllm.sh lays them out."""
     base = models.cache_dir() / "vllm"
     return base / "venv" / "bin" / "python", base / "models" / "smollm2-135m-instruct"
+
+
+def vision_installed() -> bool:
+    """What build-support/setup-vision.sh leaves behind: Triton's venv, the ONNX models, the repository."""
+    base = models.cache_dir() / "vision"
+    return all((base / p).exists() for p in ("venv/bin/python", "models/efficientnet_lite0.onnx", "models/imagenet_labels.txt",
+                                              "model_repository/efficientnet_lite0/config.pbtxt", "backends/python/libtriton_python.so"))
 
 
 def find_temporal() -> str:
@@ -109,6 +129,8 @@ def render_nginx(cfg: StackConfig) -> Path:
         "STATE_DIR": str(state),
         "LISTEN": f"127.0.0.1:{cfg.http_port}",
         "API_UPSTREAM": f"127.0.0.1:{cfg.api_port}",
+        "GRPC_LISTEN": f"127.0.0.1:{cfg.grpc_port}",
+        "API_GRPC_UPSTREAM": f"127.0.0.1:{cfg.api_grpc_port}",
         "MAX_BODY": str(cfg.max_body_bytes),
     }
     for k, v in values.items():
@@ -166,6 +188,7 @@ class Stack:
             "SWITCHYARD_REDIS_URL": self.cfg.redis_url,
             "SWITCHYARD_MODEL_REGISTRY": str(self.cfg.state_dir / "models.json"),
             "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
+            "SWITCHYARD_V2_MODELS": str(find_repo_file("infra/v2/models.yaml")),
         }
 
     def _log(self, name: str) -> Path:
@@ -247,7 +270,21 @@ class Stack:
                       self._log("worker-llm"), lambda: False)
         worker.ready = worker.log_contains("worker started")
         self.procs["worker-llm"] = worker
-        self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, "SWITCHYARD_API_PORT": str(c.api_port), **c.api_env},
+        v2_upstreams: dict[str, dict[str, str]] = {}
+        if c.vision:
+            env_triton = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
+            env_triton.update(SWITCHYARD_TRITON_HTTP_PORT=str(c.triton_http_port), SWITCHYARD_TRITON_GRPC_PORT=str(c.triton_grpc_port),
+                              SWITCHYARD_TRITON_METRICS_PORT=str(c.triton_metrics_port), SWITCHYARD_CACHE_DIR=str(models.cache_dir()))
+            self.procs["triton"] = Proc("triton", [str(find_repo_file("infra/triton/run-tritonserver.sh"))], env_triton, self._log("triton"),
+                                        http_ready(f"http://127.0.0.1:{c.triton_http_port}/v2/health/ready"), ready_timeout_s=120)
+            self.procs["worker-vision"] = Proc("worker-vision", [py, "-m", "switchyard.worker_vision"],
+                                               {**env, "SWITCHYARD_TRITON_URL": f"127.0.0.1:{c.triton_http_port}",
+                                                "SWITCHYARD_VISION_MODEL_DIR": str(models.cache_dir() / "vision" / "models"),
+                                                "SWITCHYARD_VISION_HTTP_PORT": str(c.vision_http_port), "SWITCHYARD_VISION_GRPC_PORT": str(c.vision_grpc_port)},
+                                               self._log("worker-vision"), http_ready(f"http://127.0.0.1:{c.vision_http_port}/v2/health/ready"), ready_timeout_s=120)
+            v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}", "grpc": f"127.0.0.1:{c.vision_grpc_port}"}
+        api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams)}
+        self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, **api_env, **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
@@ -283,12 +320,16 @@ class Stack:
                 self.procs[name].wait_ready()
         if c.vllm is None:
             c.vllm = all(p.exists() for p in vllm_dirs())
+        if c.vision is None:
+            c.vision = vision_installed()
+        elif c.vision and not vision_installed():
+            raise StartError(f"vision is not set up under {models.cache_dir() / 'vision'}: run build-support/setup-vision.sh (./switchyard setup does)")
         upgrade(c.postgres_dsn)
         self._write_registry()
         self._define()
         try:
             # vLLM takes ~30 s to load: it starts first and is waited for last.
-            waves = [("vllm", "temporal", "engine", "engine-gemma"), ("sglang-fake", "worker-llm", "api"), ("nginx",), ("vllm",)]
+            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "api"), ("nginx",), ("vllm",)]
             started: set[str] = set()
             for wave in waves:
                 for name in wave:
@@ -320,12 +361,16 @@ class Stack:
         c = self.cfg
         rows = [
             ("ingress (Nginx)", self.ingress),
+            ("gRPC ingress (KServe V2)", f"127.0.0.1:{c.grpc_port}"),
             ("API (direct)", f"http://127.0.0.1:{c.api_port}  docs: {self.ingress}/docs"),
             ("Temporal", f"127.0.0.1:{c.temporal_port}" + (f"  UI: http://127.0.0.1:{c.temporal_ui_port}" if c.ui else "")),
             ("llama.cpp: SmolLM2", f"http://127.0.0.1:{c.engine_port}  models: {LLM_MODEL}, {EMBED_MODEL}"),
             ("llama.cpp: Gemma 3", f"http://127.0.0.1:{c.gemma_port}  model: {GEMMA_MODEL}"),
             ("SGLang (FAKE, llama.cpp)", f"http://127.0.0.1:{c.sglang_port}  model: {SGLANG_MODEL}"),
             ("vLLM (CPU)", f"http://127.0.0.1:{c.vllm_port}  model: {VLLM_MODEL}" if c.vllm else "not installed (build-support/setup-vllm.sh)"),
+            ("Triton (vision)", f"http://127.0.0.1:{c.triton_http_port}  gRPC 127.0.0.1:{c.triton_grpc_port}" if c.vision
+             else "not installed (build-support/setup-vision.sh)"),
+            ("vision worker (V2)", f"http://127.0.0.1:{c.vision_http_port}  gRPC 127.0.0.1:{c.vision_grpc_port}" if c.vision else "-"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("logs", str(c.state_dir / "logs")),

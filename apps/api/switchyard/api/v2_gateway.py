@@ -1,0 +1,130 @@
+"""The realtime lane: KServe V2 requests forwarded to the worker that owns the model.
+
+Models come from the shared V2 model file (switchyard.common.v2.config); each domain's worker has
+one HTTP and one gRPC endpoint (``SWITCHYARD_V2_UPSTREAMS``), each behind its own circuit breaker.
+Request and response bodies pass through untouched: the worker validates and answers in V2 form.
+Only failures of the worker (unreachable, timeout, 5xx, gRPC UNAVAILABLE...) count against the
+breaker; an open breaker answers 503 + Retry-After (gRPC: UNAVAILABLE) without calling the worker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+import httpx
+
+from switchyard.api.settings import ApiSettings, V2Upstream
+from switchyard.common.breaker import Breaker, BreakerOpen
+from switchyard.common.v2.config import V2Config, V2Model
+from switchyard.common.v2.errors import V2Error
+
+# Headers of a V2 answer that travel back to the client.
+PASS_HEADERS = ("content-type", "inference-header-content-length")
+# gRPC codes that mean the worker, not the request, failed.
+GRPC_FAILURES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+
+
+class _Failed(Exception):
+    """A worker answer that counts as a failure (5xx) but is still returned to the client."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+@dataclass
+class _Worker:
+    domain: str
+    upstream: V2Upstream
+    http_breaker: Breaker
+    grpc_breaker: Breaker
+    channel: grpc.aio.Channel
+
+
+def unavailable(e: BreakerOpen) -> V2Error:
+    return V2Error(503, f"{e}; retry later", headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))})
+
+
+class V2Gateway:
+    def __init__(self, settings: ApiSettings, config: V2Config) -> None:
+        self.config = config
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.v2_timeout_s, connect=2.0),
+                                      limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        options = [("grpc.max_send_message_length", settings.max_body_bytes), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.workers = {
+            domain: _Worker(domain, up,
+                            Breaker(f"{domain} worker (HTTP)", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
+                            Breaker(f"{domain} worker (gRPC)", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
+                            grpc.aio.insecure_channel(up.grpc, options=options))
+            for domain, up in settings.v2_upstreams.items()
+        }
+        self.timeout_s = settings.v2_timeout_s
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        for w in self.workers.values():
+            await w.channel.close()
+
+    def model(self, name: str, version: str | None = None) -> V2Model:
+        m = self.config.get(name)
+        if m is None or m.domain not in self.workers:
+            raise V2Error(404, f"unknown model '{name}'")
+        if version and version not in m.versions:
+            raise V2Error(404, f"model '{name}' has no version '{version}' (versions: {', '.join(m.versions)})")
+        return m
+
+    async def ready(self) -> bool:
+        for w in self.workers.values():
+            try:
+                if (await self.http.get(f"{w.upstream.http}/v2/health/ready", timeout=2.0)).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
+
+    async def forward_http(self, model: V2Model, path: str, body: bytes | None, headers: dict[str, str]) -> httpx.Response:
+        """POST (body) or GET (None) ``path`` on the model's worker."""
+        w = self.workers[model.domain]
+        try:
+            async with w.http_breaker.guard():
+                try:
+                    if body is None:
+                        resp = await self.http.get(w.upstream.http + path)
+                    else:
+                        resp = await self.http.post(w.upstream.http + path, content=body, headers=headers)
+                except httpx.TimeoutException:
+                    raise V2Error(504, f"the {w.domain} worker did not answer within {self.timeout_s:.0f}s") from None
+                except httpx.TransportError as e:
+                    raise V2Error(503, f"the {w.domain} worker is unreachable ({type(e).__name__})", headers={"Retry-After": "1"}) from None
+                if resp.status_code >= 500:
+                    raise _Failed(resp)
+                return resp
+        except _Failed as f:
+            return f.response
+        except BreakerOpen as e:
+            raise unavailable(e) from None
+
+    async def forward_grpc(self, model: V2Model, method: str, request: bytes, timeout_s: float | None) -> bytes:
+        """Call ``method`` on the model's worker with the client's serialized request; raw bytes back."""
+        w = self.workers[model.domain]
+        call = w.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            async with w.grpc_breaker.guard():
+                try:
+                    return await call(request, timeout=min(timeout_s or self.timeout_s, self.timeout_s))  # type: ignore[no-any-return]
+                except grpc.aio.AioRpcError as e:
+                    if e.code() in GRPC_FAILURES:
+                        raise
+                    raise _PassThrough(e) from None
+        except _PassThrough as p:
+            raise p.error from None
+        except BreakerOpen as e:
+            raise unavailable(e) from None
+
+
+class _PassThrough(Exception):
+    """A gRPC error that is the request's fault: returned as is, not counted by the breaker."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self.error = error

@@ -1,0 +1,84 @@
+"""Vision worker: the ``vision`` task queue (durable lane) and KServe V2 over HTTP and gRPC
+(realtime lane), all on one data plane: DALI preprocessing, Triton / onnxruntime backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+import tritonclient.http.aio as triton_http
+import uvicorn
+from temporalio.worker import Worker
+
+from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.db.store import JobStore, make_engine
+from switchyard.common.events import EventBus, make_redis
+from switchyard.common.logs import setup_logging
+from switchyard.common.temporal import WORKER_OPTIONS, connect
+from switchyard.common.v2.config import load_v2_config
+from switchyard.worker_vision import v2_grpc, v2_http
+from switchyard.worker_vision.activities import VisionActivities
+from switchyard.worker_vision.dataplane import VisionDataPlane
+from switchyard.worker_vision.engines import make_backends
+from switchyard.worker_vision.preprocess import DaliPreprocessor
+from switchyard.worker_vision.settings import VisionSettings
+from switchyard.worker_vision.workflows import VisionJobWorkflow
+
+log = logging.getLogger("switchyard.worker_vision")
+
+
+async def main() -> None:
+    settings = VisionSettings()
+    setup_logging(settings.log_level)
+    config = load_v2_config()
+    triton = triton_http.InferenceServerClient(settings.triton_url, conn_timeout=settings.triton_timeout_s)
+    backends = make_backends(config.backends, settings.vision_model_dir, triton)
+    max_batch = max((m.max_batch_size for m in config.for_domain("vision")), default=32)
+    preprocess = DaliPreprocessor(settings.vision_preprocess_device, max_batch=max_batch, threads=settings.vision_preprocess_threads)
+    plane = VisionDataPlane(config, backends, preprocess, settings.vision_model_dir)
+
+    client = await connect(settings)
+    db = make_engine(settings.postgres_dsn)
+    redis = make_redis(settings.redis_url)
+    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
+    vision = VisionActivities(books, plane, settings.vision_job_chunk)
+    worker = Worker(client, task_queue=settings.task_queue, workflows=[VisionJobWorkflow], activities=[vision.classify, books.finish],
+                    max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
+
+    http = uvicorn.Server(uvicorn.Config(v2_http.create_app(plane), host=settings.vision_host, port=settings.vision_http_port,
+                                         log_level="warning", access_log=False, lifespan="off"))
+    rpc = grpc.aio.server()
+    rpc.add_generic_rpc_handlers((v2_grpc.handlers(plane),))
+    rpc.add_insecure_port(f"{settings.vision_host}:{settings.vision_grpc_port}")
+    await rpc.start()
+    http_task = asyncio.create_task(http.serve())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not http.started:
+        await asyncio.sleep(0.05)
+    log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, "models": sorted(plane.models), "preprocess": preprocess.device,
+                                                  "v2_http": f"{settings.vision_host}:{settings.vision_http_port}",
+                                                  "v2_grpc": f"{settings.vision_host}:{settings.vision_grpc_port}"}})
+    async with worker:
+        await stop.wait()
+        log.info("shutting down: no new tasks, in-flight ones get the grace period")
+    http.should_exit = True
+    await http_task
+    await rpc.stop(grace=2)
+    await triton.close()
+    await redis.aclose()
+    await db.dispose()
+
+
+if __name__ == "__main__":
+    if "--check" in sys.argv[1:]:
+        # Packaging smoke test: every import resolved above (DALI, onnxruntime, tritonclient); settings parse.
+        print(f"switchyard-worker-vision ok: task queue {VisionSettings().task_queue!r}")
+    else:
+        asyncio.run(main())

@@ -1,0 +1,134 @@
+"""The vision worker's KServe V2 data plane: validate a request against its model, run the model's
+steps (see switchyard.common.v2.config), answer with the requested outputs.
+
+The REST and gRPC servers and the durable-lane activity all call ``VisionDataPlane.infer``: one code
+path for both lanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from switchyard.common.v2.config import Step, V2Config, V2Model
+from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
+from switchyard.worker_vision.engines import InferBackend
+
+Array = np.ndarray[Any, Any]
+
+
+def softmax(x: Array) -> Array:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float32)
+
+
+class VisionDataPlane:
+    def __init__(self, config: V2Config, backends: dict[str, InferBackend], preprocess: Callable[[list[bytes]], Array], model_dir: Path) -> None:
+        self.models = {m.name: m for m in config.for_domain("vision")}
+        self.backends = backends
+        self.preprocess = preprocess
+        self.model_dir = model_dir
+        self._levels = {name: m.levels() for name, m in self.models.items()}
+        self._labels: dict[str, Array] = {}
+        for m in self.models.values():
+            for s in m.steps:
+                if s.op == "topk":
+                    self._load_labels(str(s.params.get("labels", "imagenet_labels.txt")))
+
+    def _load_labels(self, file: str) -> Array:
+        if file not in self._labels:
+            path = self.model_dir / file
+            if not path.exists():
+                raise FileNotFoundError(f"labels file {path} not found (run build-support/setup-vision.sh)")
+            arr = np.array([line.encode() for line in path.read_text().splitlines() if line], dtype=object)
+            self._labels[file] = arr
+        return self._labels[file]
+
+    # ------------------------------------------------------------ metadata and health
+
+    def model(self, name: str, version: str | None = None) -> V2Model:
+        m = self.models.get(name)
+        if m is None:
+            raise V2Error(404, f"unknown model '{name}'")
+        if version and version not in m.versions:
+            raise V2Error(404, f"model '{name}' has no version '{version}' (versions: {', '.join(m.versions)})")
+        return m
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        m = self.model(name, version)
+        used = {s.backend for s in m.steps if s.backend}
+        return all(await asyncio.gather(*(self.backends[b].ready() for b in used)))
+
+    async def ready(self) -> bool:
+        return all(await asyncio.gather(*(b.ready() for b in self.backends.values())))
+
+    # ------------------------------------------------------------ inference
+
+    def _inputs(self, m: V2Model, tensors: list[Tensor]) -> dict[str, Array]:
+        values: dict[str, Array] = {}
+        batch: int | None = None
+        for t in tensors:
+            spec = m.input(t.name)
+            if spec is None:
+                raise V2Error(400, f"model '{m.name}' has no input '{t.name}' (inputs: {', '.join(i.name for i in m.inputs)})")
+            if t.name in values:
+                raise V2Error(400, f"input '{t.name}' given twice")
+            if t.datatype != spec.datatype:
+                raise V2Error(400, f"input '{t.name}': datatype {t.datatype}, model '{m.name}' expects {spec.datatype}")
+            shape = t.shape
+            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape)):
+                raise V2Error(400, f"input '{t.name}': shape {shape} does not match {spec.shape}")
+            if not 1 <= shape[0] <= m.max_batch_size:
+                raise V2Error(400, f"input '{t.name}': batch of {shape[0]}; model '{m.name}' takes 1 to {m.max_batch_size}")
+            if batch is not None and shape[0] != batch:
+                raise V2Error(400, f"inputs disagree on the batch size ({batch} vs {shape[0]})")
+            batch = shape[0]
+            values[t.name] = t.data
+        missing = [i.name for i in m.inputs if i.name not in values]
+        if missing:
+            raise V2Error(400, f"model '{m.name}' needs input(s) {', '.join(missing)}")
+        return values
+
+    async def _step(self, s: Step, values: dict[str, Array], params: dict[str, Any]) -> list[Array]:
+        args = [values[i] for i in s.inputs]
+        if s.op == "preprocess":
+            return [await asyncio.to_thread(self.preprocess, [bytes(b) for b in args[0].reshape(-1)])]
+        if s.op == "infer":
+            assert s.backend is not None
+            return [await self.backends[s.backend].infer(np.ascontiguousarray(args[0], dtype=np.float32))]
+        if s.op == "average_probs":
+            return [np.mean([softmax(a) for a in args], axis=0).astype(np.float32)]
+        if s.op == "topk":
+            labels = self._load_labels(str(s.params.get("labels", "imagenet_labels.txt")))
+            probs = softmax(args[0]) if s.params.get("softmax", True) else args[0]
+            k = params.get("top_k", 5)
+            if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= probs.shape[-1]:
+                raise V2Error(400, f"parameter top_k must be an integer from 1 to {probs.shape[-1]}, got {k!r}")
+            idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+            return [labels[idx], np.take_along_axis(probs, idx, axis=-1).astype(np.float32)]
+        raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the vision worker")
+
+    async def infer(self, req: InferRequest) -> InferResponse:
+        m = self.model(req.model, req.version)
+        values = self._inputs(m, req.inputs)
+        wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
+        for name in wanted:
+            if m.output(name) is None:
+                raise V2Error(400, f"model '{m.name}' has no output '{name}' (outputs: {', '.join(o.name for o in m.outputs)})")
+        params = {**m.parameters, **req.parameters}
+        for level in self._levels[m.name]:
+            results = await asyncio.gather(*(self._step(s, values, params) for s in level))
+            for s, outs in zip(level, results):
+                values.update(zip(s.outputs, outs))
+        outputs = []
+        for name in wanted:
+            spec = m.output(name)
+            assert spec is not None
+            data = values[name]
+            outputs.append(Tensor(name, spec.datatype, data if spec.datatype == "BYTES" else data.astype(DTYPES[spec.datatype], copy=False)))
+        return InferResponse(model=m.name, version=req.version or m.versions[-1], outputs=outputs, id=req.id)

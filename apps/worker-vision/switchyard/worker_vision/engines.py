@@ -1,0 +1,103 @@
+"""Backends of the V2 models: one interface, two engines.
+
+``TritonBackend`` calls a model on Triton Inference Server (KServe V2 over HTTP, binary tensors, via
+the official ``tritonclient``); ``OnnxRuntimeBackend`` runs the same ONNX file in this process.
+Either can sit behind any ``infer`` step of a V2 model (see switchyard.common.v2.config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.http.aio as triton_http
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from switchyard.common.v2.config import Backend
+from switchyard.common.v2.errors import V2Error
+
+
+class InferBackend(Protocol):
+    name: str
+
+    async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class TritonBackend:
+    def __init__(self, name: str, model: str, client: triton_http.InferenceServerClient) -> None:
+        self.name = name
+        self.model = model
+        self._client = client
+        self._io: tuple[str, str] | None = None
+
+    async def _names(self) -> tuple[str, str]:
+        if self._io is None:
+            meta = await self._client.get_model_metadata(self.model)
+            self._io = (meta["inputs"][0]["name"], meta["outputs"][0]["name"])
+        return self._io
+
+    async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        try:
+            in_name, out_name = await self._names()
+            inp = triton_http.InferInput(in_name, list(batch.shape), np_to_triton_dtype(batch.dtype))
+            inp.set_data_from_numpy(batch, binary_data=True)
+            result = await self._client.infer(self.model, [inp], outputs=[triton_http.InferRequestedOutput(out_name, binary_data=True)])
+        except InferenceServerException as e:
+            status = int(e.status()) if str(e.status() or "").isdigit() else 503
+            raise V2Error(400 if status == 400 else 503, f"backend {self.name} (Triton model {self.model}): {e.message()}") from None
+        except (OSError, asyncio.TimeoutError) as e:
+            raise V2Error(503, f"backend {self.name}: Triton unreachable ({e!r})") from None
+        out = result.as_numpy(out_name)
+        assert out is not None
+        return out
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model))
+        except (InferenceServerException, OSError, asyncio.TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        pass  # the client is shared; its owner closes it
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, name: str, path: Path, threads: int = 2) -> None:
+        self.name = name
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._in = self._session.get_inputs()[0].name
+        self._out = self._session.get_outputs()[0].name
+
+    async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        # onnxruntime releases the GIL: run it beside the event loop.
+        (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
+        return np.asarray(out)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def make_backends(backends: dict[str, Backend], model_dir: Path, triton: triton_http.InferenceServerClient) -> dict[str, InferBackend]:
+    out: dict[str, InferBackend] = {}
+    for name, b in backends.items():
+        if b.engine == "triton":
+            out[name] = TritonBackend(name, b.model, triton)
+        else:
+            path = model_dir / b.model
+            if not path.exists():
+                raise FileNotFoundError(f"backend {name}: {path} not found (run build-support/setup-vision.sh)")
+            out[name] = OnnxRuntimeBackend(name, path)
+    return out

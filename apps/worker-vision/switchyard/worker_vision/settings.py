@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from switchyard.common.settings import CommonSettings
+
+
+class VisionSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    task_queue: str = "vision"
+    max_concurrent_activities: int = Field(default=4, ge=1, le=256)
+    # Triton's HTTP endpoint (KServe V2 REST); the ``triton`` backends of the V2 models run there.
+    triton_url: str = "127.0.0.1:8100"
+    triton_timeout_s: float = Field(default=30.0, gt=0)
+    # ONNX files and imagenet_labels.txt, as build-support/setup-vision.sh lays them out.
+    vision_model_dir: Path = Path(".cache/switchyard/vision/models")
+    # "auto": the GPU pipeline when a CUDA device is visible, else the CPU pipeline.
+    vision_preprocess_device: Literal["auto", "cpu", "gpu"] = "auto"
+    vision_preprocess_threads: int = Field(default=2, ge=1, le=64)
+    # This worker's own KServe V2 endpoints (the realtime lane; the API forwards to them).
+    vision_host: str = "127.0.0.1"
+    vision_http_port: int = 8110
+    vision_grpc_port: int = 8111
+    # Images per durable-lane step (progress is published after each).
+    vision_job_chunk: int = Field(default=8, ge=1, le=256)

@@ -1,0 +1,182 @@
+"""V2 models: what each worker serves over KServe V2, declared as a DAG of steps across backends.
+
+One YAML/JSON file (``SWITCHYARD_V2_MODELS``) is read by the API (routing, metadata, durable-lane
+validation) and by the workers (execution); it is validated at start-up and a bad file stops the
+process. A model is an ensemble: named values flow from the model's inputs through steps (decode and
+resize, inference on a backend, combining, top-k) to its outputs. Steps whose inputs are ready run
+concurrently, so two backends can score the same batch at once.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from switchyard.common.queues import Domain
+
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+# op → (min inputs, max inputs or None, outputs): the contract every worker's implementation keeps.
+OPS: dict[str, tuple[int, int | None, int]] = {
+    "preprocess": (1, 1, 1),  # BYTES images → FP32 [N, 3, H, W]
+    "infer": (1, 1, 1),  # a backend model: tensor → tensor
+    "average_probs": (2, None, 1),  # softmax of each input, averaged (model ensembles)
+    "topk": (1, 1, 2),  # logits/probabilities → labels (BYTES [N, k]), scores (FP32 [N, k])
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(pattern=NAME, max_length=64)
+    datatype: Datatype
+    # -1: any size. The first dimension is the batch.
+    shape: list[int] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _dims(self) -> TensorSpec:
+        if any(d == 0 or d < -1 for d in self.shape):
+            raise ValueError(f"tensor {self.name}: dimensions are -1 or positive, got {self.shape}")
+        return self
+
+
+class Backend(_Strict):
+    engine: Literal["triton", "onnxruntime"]
+    # Triton: the model name on the server; onnxruntime: the .onnx file (relative to the model dir).
+    model: str = Field(min_length=1)
+
+
+class Step(_Strict):
+    name: str = Field(pattern=NAME)
+    op: str
+    inputs: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    backend: str | None = None
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _arity(self) -> Step:
+        if self.op not in OPS:
+            raise ValueError(f"step {self.name}: unknown op {self.op!r} (known: {', '.join(OPS)})")
+        lo, hi, n_out = OPS[self.op]
+        if len(self.inputs) < lo or (hi is not None and len(self.inputs) > hi):
+            raise ValueError(f"step {self.name}: {self.op} takes {lo}{'' if hi == lo else '+' if hi is None else f'-{hi}'} inputs, got {len(self.inputs)}")
+        if len(self.outputs) != n_out:
+            raise ValueError(f"step {self.name}: {self.op} produces {n_out} outputs, got {len(self.outputs)}")
+        if (self.op == "infer") != (self.backend is not None):
+            raise ValueError(f"step {self.name}: 'backend' is required by infer and only by infer")
+        return self
+
+
+class V2Model(_Strict):
+    name: str = Field(pattern=NAME, max_length=128)
+    domain: Domain
+    description: str = ""
+    versions: list[str] = ["1"]
+    platform: str = "switchyard_ensemble"
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+    # Defaults a request may override with its own parameters (e.g. top_k).
+    parameters: dict[str, int | float | str | bool] = {}
+
+    @model_validator(mode="after")
+    def _dag(self) -> V2Model:
+        self.levels()  # raises on cycles, unknown or duplicate values
+        produced = {o for s in self.steps for o in s.outputs}
+        missing = [o.name for o in self.outputs if o.name not in produced]
+        if missing:
+            raise ValueError(f"model {self.name}: outputs {missing} are produced by no step")
+        return self
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def image_input(self) -> str | None:
+        """The BYTES input of an image classifier (one image per batch row, labels + scores out):
+        the models the durable lane's vision jobs can use."""
+        if len(self.inputs) == 1 and self.inputs[0].datatype == "BYTES" and self.output("labels") and self.output("scores"):
+            return self.inputs[0].name
+        return None
+
+    def levels(self) -> list[list[Step]]:
+        """Steps in dependency order, grouped so that each group only needs earlier groups."""
+        known = {t.name for t in self.inputs}
+        seen: set[str] = set(known)
+        for s in self.steps:
+            dup = [o for o in s.outputs if o in seen]
+            if dup:
+                raise ValueError(f"model {self.name}: value {dup[0]!r} is produced twice")
+            seen.update(s.outputs)
+        pending = list(self.steps)
+        levels: list[list[Step]] = []
+        while pending:
+            ready = [s for s in pending if all(i in known for i in s.inputs)]
+            if not ready:
+                unknown = sorted({i for s in pending for i in s.inputs if i not in seen})
+                why = f"unknown values {unknown}" if unknown else "a cycle"
+                raise ValueError(f"model {self.name}: steps {[s.name for s in pending]} cannot run: {why}")
+            levels.append(ready)
+            for s in ready:
+                known.update(s.outputs)
+            pending = [s for s in pending if s not in ready]
+        return levels
+
+    def metadata(self) -> dict[str, Any]:
+        """The V2 model metadata object (REST body; gRPC has the same fields)."""
+        return {"name": self.name, "versions": self.versions, "platform": self.platform,
+                "inputs": [t.model_dump() for t in self.inputs], "outputs": [t.model_dump() for t in self.outputs]}
+
+
+class V2Config(_Strict):
+    backends: dict[str, Backend] = {}
+    models: list[V2Model]
+
+    @model_validator(mode="after")
+    def _refs(self) -> V2Config:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {dupes}")
+        for m in self.models:
+            for s in m.steps:
+                if s.backend is not None and s.backend not in self.backends:
+                    raise ValueError(f"model {m.name}, step {s.name}: unknown backend {s.backend!r} (declared: {sorted(self.backends)})")
+        return self
+
+    def get(self, name: str) -> V2Model | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def for_domain(self, domain: str) -> list[V2Model]:
+        return [m for m in self.models if m.domain == domain]
+
+    @classmethod
+    def load(cls, path: Path) -> V2Config:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        return cls.model_validate(data)
+
+
+class _V2Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+    v2_models: Path | None = None
+
+
+@lru_cache(maxsize=1)
+def load_v2_config() -> V2Config:
+    """The file named by ``SWITCHYARD_V2_MODELS``; no file: no V2 models."""
+    path = _V2Settings().v2_models
+    return V2Config.load(path) if path else V2Config(models=[])
