@@ -1,5 +1,6 @@
 """One real Switchyard stack for the integration tests: Temporal dev server, PostgreSQL, Redis,
-llama.cpp (SmolLM2-135M), worker-llm, API and Nginx, on free ports, in one pytest process."""
+llama.cpp (SmolLM2-135M), worker-llm, Triton + worker-vision, API and Nginx, on free ports, in one
+pytest process."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://post
 # Backlog limit per model in the test stack (the overload test fills it).
 MAX_PENDING = 12
 
+
+# Realtime-lane circuit breaker in the test stack: opens after 3 failures, probes after 2 s.
+BREAKER_FAIL_MAX = 3
+BREAKER_RESET_S = 2.0
 
 FALLBACK_MODEL = "smollm2-with-fallback"
 
@@ -53,8 +58,10 @@ def scratch_dsn() -> Iterator[Callable[[], str]]:
 def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
     state = Path(tempfile.mkdtemp(prefix="switchyard-test-", dir=os.environ.get("SWITCHYARD_TEST_STATE_DIR")))
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
-    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2,
-                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING), "SWITCHYARD_API_KEY_TIERS": '{"sk-gold": "high", "sk-free": "low"}'})
+    # vision=True: fail (naming build-support/setup-vision.sh) rather than skip when it is not set up.
+    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True,
+                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING), "SWITCHYARD_API_KEY_TIERS": '{"sk-gold": "high", "sk-free": "low"}',
+                                         "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     cfg.extra_models.append(fallback_model(cfg.engine_port))
     s = Stack(cfg)
     s.start()

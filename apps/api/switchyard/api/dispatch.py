@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -19,9 +20,9 @@ from redis.exceptions import RedisError
 from temporalio.client import Client
 from temporalio.common import Priority, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from switchyard.common.contracts import JobSpec, JobStatus
+from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus, stream_key
@@ -30,8 +31,14 @@ from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
 log = logging.getLogger("switchyard.api.dispatch")
 
 
+# Inputs larger than this stay in the job's row (claim check): Temporal refuses payloads over ~2 MB
+# and keeps every payload in the workflow's history.
+INLINE_INPUT_MAX_BYTES = 128 * 1024
+
+
 def spec_of(job: Job) -> JobSpec:
-    return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=job.input, priority_key=job.priority,
+    inline = len(json.dumps(job.input, separators=(",", ":"))) <= INLINE_INPUT_MAX_BYTES
+    return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=job.input if inline else None, priority_key=job.priority,
                    accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000)
 
 
@@ -69,7 +76,16 @@ class Dispatcher:
             )
         except WorkflowAlreadyStartedError:
             pass  # an earlier try got through
-        except (RPCError, RedisError, OSError) as e:
+        except RPCError as e:
+            if e.status != RPCStatusCode.INVALID_ARGUMENT:
+                log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+                return False
+            # Retrying cannot help (e.g. a payload over Temporal's limits): end the job, visibly.
+            log.error("dispatch rejected; the job fails", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+            outcome = JobOutcome(job_id=job_id, status=JobStatus.failed, error=JobError(type="DispatchRejected", message=e.message))
+            if await self.store.finish(outcome):
+                await self.bus.publish(job_id, "status", {"status": JobStatus.failed.value, "error": outcome.error.model_dump() if outcome.error else None})
+        except (RedisError, OSError) as e:
             log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
             return False
         await self.store.mark_dispatched(job.id)

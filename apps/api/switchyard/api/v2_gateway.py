@@ -109,6 +109,7 @@ class V2Gateway:
         """Call ``method`` on the model's worker with the client's serialized request; raw bytes back."""
         w = self.workers[model.domain]
         call = w.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        rejected: grpc.aio.AioRpcError | None = None
         try:
             async with w.grpc_breaker.guard():
                 try:
@@ -116,15 +117,8 @@ class V2Gateway:
                 except grpc.aio.AioRpcError as e:
                     if e.code() in GRPC_FAILURES:
                         raise
-                    raise _PassThrough(e) from None
-        except _PassThrough as p:
-            raise p.error from None
+                    rejected = e  # the request's fault: leave the guard normally, so it does not count
         except BreakerOpen as e:
             raise unavailable(e) from None
-
-
-class _PassThrough(Exception):
-    """A gRPC error that is the request's fault: returned as is, not counted by the breaker."""
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        self.error = error
+        assert rejected is not None
+        raise rejected

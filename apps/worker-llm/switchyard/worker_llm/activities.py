@@ -37,7 +37,7 @@ class LlmActivities:
         entry = self.registry.get(spec.model)
         if entry is None or entry.domain != "llm" or entry.kind != "chat":
             raise ApplicationError(f"model {spec.model!r} is not served by this worker", type="UnknownModel", non_retryable=True)
-        inp = LlmInput.model_validate(spec.input)
+        inp = LlmInput.model_validate(await self.books.job_input(spec))
         await self.books.start_attempt(spec.job_id)
         attempt = activity.info().attempt
         already = await self.books.bus.tokens_since_reset(spec.job_id) if attempt > 1 else {}

@@ -36,7 +36,7 @@ class VisionActivities:
         image_input = model.image_input() if model else None
         if model is None or image_input is None:
             raise ApplicationError(f"model {spec.model!r} is not an image classifier of this worker", type="UnknownModel", non_retryable=True)
-        inp = VisionInput.model_validate(spec.input)
+        inp = VisionInput.model_validate(await self.books.job_input(spec))
         images = inp.decoded()
         await self.books.start_attempt(spec.job_id)
         # A retried attempt resumes after the chunks the previous one finished (heartbeat checkpoint).

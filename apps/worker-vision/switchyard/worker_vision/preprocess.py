@@ -36,6 +36,14 @@ def cuda_device_count() -> int:
     return count.value
 
 
+# File signatures DALI's decoder reads: JPEG, PNG, BMP, TIFF (both byte orders), JPEG 2000, WebP.
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  \r\n")
+
+
+def known_format(data: bytes) -> bool:
+    return data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 class DaliPreprocessor:
     def __init__(self, device: Literal["auto", "cpu", "gpu"] = "auto", max_batch: int = 32, threads: int = 2) -> None:
         gpu = device == "gpu" or (device == "auto" and cuda_device_count() > 0)
@@ -51,24 +59,46 @@ class DaliPreprocessor:
             img = fn.resize(img, resize_shorter=SHORTER)
             return fn.crop_mirror_normalize(img, crop=(CROP, CROP), mean=MEAN, std=STD, dtype=types.FLOAT, output_layout="CHW")
 
-        self._pipe = pipe()
-        self._pipe.build()
+        self._define = pipe
+        self._pipe = self._build()
         # A DALI pipeline runs one batch at a time.
         self._lock = threading.Lock()
         log.info("DALI preprocessing on %s", self.device.upper(), extra={"fields": {"device": self.device, "threads": threads}})
+
+    def _build(self) -> Any:
+        pipe = self._define()
+        pipe.build()
+        return pipe
+
+    def _run(self, images: list[bytes]) -> np.ndarray[Any, Any]:
+        self._pipe.feed_input("images", [np.frombuffer(b, dtype=np.uint8) for b in images])
+        (out,) = self._pipe.run()
+        if isinstance(out, TensorListGPU):
+            out = out.as_cpu()
+        return np.asarray(out.as_array(), dtype=np.float32)
 
     def __call__(self, images: list[bytes]) -> np.ndarray[Any, Any]:
         if not images:
             return np.zeros((0, 3, CROP, CROP), dtype=np.float32)
         if len(images) > self.max_batch:
             raise V2Error(400, f"{len(images)} images in one request; at most {self.max_batch}")
+        for i, img in enumerate(images):
+            if not known_format(img):
+                raise V2Error(400, f"image {i} could not be decoded: not a JPEG, PNG, BMP, TIFF, JPEG 2000 or WebP file")
         with self._lock:
-            self._pipe.feed_input("images", [np.frombuffer(b, dtype=np.uint8) for b in images])
             try:
-                (out,) = self._pipe.run()
-            except RuntimeError as e:
-                # The decoder names the sample it could not read; keep the first line.
-                raise V2Error(400, f"an image could not be decoded: {str(e).strip().splitlines()[0][:300]}") from None
-            if isinstance(out, TensorListGPU):
-                out = out.as_cpu()
-            return np.asarray(out.as_array(), dtype=np.float32)
+                return self._run(images)
+            except RuntimeError:
+                # A failed run leaves the pipeline unusable: rebuild it, then find the culprit.
+                self._pipe = self._build()
+                bad = self._first_bad(images)
+                raise V2Error(400, f"image {bad} could not be decoded: corrupt or truncated") from None
+
+    def _first_bad(self, images: list[bytes]) -> int:
+        for i, img in enumerate(images):
+            try:
+                self._run([img])
+            except RuntimeError:
+                self._pipe = self._build()
+                return i
+        return 0

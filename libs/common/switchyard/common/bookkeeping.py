@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from switchyard.common.contracts import JobOutcome, JobStatus
+from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 
@@ -14,6 +17,15 @@ class JobBookkeeping:
     def __init__(self, store: JobStore, bus: EventBus) -> None:
         self.store = store
         self.bus = bus
+
+    async def job_input(self, spec: JobSpec) -> dict[str, Any]:
+        """The job's input: inline in the spec, or (too large for Temporal) from the job's row."""
+        if spec.input is not None:
+            return spec.input
+        job = await self.store.get(uuid.UUID(spec.job_id))
+        if job is None:
+            raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
+        return dict(job.input)
 
     async def start_attempt(self, job_id: str) -> None:
         """Record that an attempt started (status running, attempt number) and tell the clients.

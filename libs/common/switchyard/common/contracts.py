@@ -149,7 +149,8 @@ class JobSpec(BaseModel):
     job_id: str
     domain: str
     model: str
-    input: dict[str, Any]
+    # None: too large for a Temporal payload (images); the worker reads it from the job's row.
+    input: dict[str, Any] | None
     priority_key: int
     accepted_at_ms: float
 

@@ -37,3 +37,13 @@ def smollm2_gguf(fetch: bool = True) -> Path:
 
 if __name__ == "__main__":
     print(smollm2_gguf())
+
+
+def sample_images() -> dict[str, bytes]:
+    """scikit-learn's two sample photos, copied by build-support/setup-vision.sh: china (a palace), flower (a daisy)."""
+    base = cache_dir() / "vision" / "images"
+    paths = {name: base / f"{name}.jpg" for name in ("china", "flower")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing} not found: run build-support/setup-vision.sh")
+    return {name: p.read_bytes() for name, p in paths.items()}

@@ -1,0 +1,298 @@
+"""Vision over KServe V2 with the official Triton clients, unmodified, through Nginx.
+
+The stack runs a real Triton Inference Server (EfficientNet-Lite0, Python backend + onnxruntime)
+and the vision worker (DALI preprocessing); HTTP goes to the ingress port, gRPC to the gRPC ingress.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from switchyard.devstack.models import sample_images
+from switchyard.devstack.stack import Stack
+
+CLASSIFIERS = ["vision-classify", "vision-classify-fp32-int8", "vision-classify-onnxruntime"]
+EXPECTED = ["palace", "daisy"]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    imgs = sample_images()
+    return [imgs["china"], imgs["flower"]]
+
+
+@pytest.fixture(scope="module")
+def http_client(stack: Stack) -> Iterator[httpclient.InferenceServerClient]:
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.http_port}", network_timeout=60)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(stack: Stack) -> Iterator[grpcclient.InferenceServerClient]:
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.grpc_port}")
+    yield c
+    c.close()
+
+
+def image_input(module: Any, images: list[bytes]) -> Any:
+    inp = module.InferInput("image", [len(images)], "BYTES")
+    data = np.array(images, dtype=object)
+    if module is httpclient:
+        inp.set_data_from_numpy(data, binary_data=True)
+    else:
+        inp.set_data_from_numpy(data)
+    return inp
+
+
+def pixels(batch: int = 1, seed: int = 0) -> np.ndarray[Any, Any]:
+    return np.random.default_rng(seed).normal(size=(batch, 3, 224, 224)).astype(np.float32)
+
+
+def top1(result: Any) -> list[str]:
+    return [row[0].decode() for row in result.as_numpy("labels")]
+
+
+def expect_error(fn: Any, status: str, text: str) -> None:
+    with pytest.raises(InferenceServerException) as exc:
+        fn()
+    assert exc.value.status() == status, (exc.value.status(), exc.value.message())
+    assert text in (exc.value.message() or ""), exc.value.message()
+
+
+# ---------------------------------------------------------------- server and model endpoints
+
+
+def test_http_server_health_and_metadata(http_client: httpclient.InferenceServerClient) -> None:
+    assert http_client.is_server_live()
+    assert http_client.is_server_ready()
+    meta = http_client.get_server_metadata()
+    assert meta["name"] == "switchyard" and "binary_tensor_data" in meta["extensions"]
+
+
+def test_grpc_server_health_and_metadata(grpc_client: grpcclient.InferenceServerClient) -> None:
+    assert grpc_client.is_server_live()
+    assert grpc_client.is_server_ready()
+    meta = grpc_client.get_server_metadata(as_json=True)
+    assert meta["name"] == "switchyard" and "binary_tensor_data" in meta["extensions"]
+
+
+@pytest.mark.parametrize("version", ["", "1"])
+def test_model_metadata_and_readiness_over_both_protocols(http_client: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient,
+                                                         version: str) -> None:
+    want_inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    want_outputs = [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}, {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]
+    meta = http_client.get_model_metadata("vision-classify", model_version=version)
+    assert (meta["name"], meta["versions"], meta["inputs"], meta["outputs"]) == ("vision-classify", ["1"], want_inputs, want_outputs)
+    gmeta = grpc_client.get_model_metadata("vision-classify", model_version=version, as_json=True)
+    assert gmeta["name"] == "vision-classify" and gmeta["versions"] == ["1"]
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in gmeta["outputs"]] == [(t["name"], t["datatype"], t["shape"]) for t in want_outputs]
+    for model in [*CLASSIFIERS, "efficientnet-lite0"]:
+        assert http_client.is_model_ready(model, model_version=version)
+        assert grpc_client.is_model_ready(model, model_version=version)
+
+
+# ---------------------------------------------------------------- inference and ensembles
+
+
+@pytest.mark.parametrize("model", CLASSIFIERS)
+def test_ensembles_classify_jpeg_bytes_over_http(http_client: httpclient.InferenceServerClient, images: list[bytes], model: str) -> None:
+    outputs = [httpclient.InferRequestedOutput("labels", binary_data=True), httpclient.InferRequestedOutput("scores", binary_data=False)]
+    result = http_client.infer(model, [image_input(httpclient, images)], outputs=outputs)
+    assert top1(result) == EXPECTED
+    scores = result.as_numpy("scores")
+    assert scores.shape == (2, 5) and np.all(np.diff(scores, axis=1) <= 0) and np.all((scores > 0) & (scores <= 1))
+
+
+@pytest.mark.parametrize("model", CLASSIFIERS)
+def test_ensembles_classify_jpeg_bytes_over_grpc(grpc_client: grpcclient.InferenceServerClient, images: list[bytes], model: str) -> None:
+    result = grpc_client.infer(model, [image_input(grpcclient, images)], parameters={"top_k": 3})
+    assert top1(result) == EXPECTED
+    assert result.as_numpy("labels").shape == (2, 3) and result.as_numpy("scores").shape == (2, 3)
+
+
+def test_fp32_int8_ensemble_averages_the_two_models(http_client: httpclient.InferenceServerClient, images: list[bytes]) -> None:
+    """The combined top-1 probability lies between (or at) the two single models' own probabilities
+    for that label: it is their average, not either model alone."""
+    def scores(model: str) -> dict[str, float]:
+        r = http_client.infer(model, [image_input(httpclient, images[:1])], parameters={"top_k": 1000})
+        return {lab.decode(): float(s) for lab, s in zip(r.as_numpy("labels")[0], r.as_numpy("scores")[0])}
+
+    fp32, both = scores("vision-classify"), scores("vision-classify-fp32-int8")
+    assert both != fp32
+    assert abs(sum(both.values()) - 1.0) < 1e-3
+    # average of fp32 and int8 → int8 = 2 * both - fp32 must itself be a probability distribution
+    int8 = {k: 2 * both[k] - fp32[k] for k in both}
+    assert min(int8.values()) > -1e-4 and abs(sum(int8.values()) - 1.0) < 1e-3
+
+
+def test_json_and_binary_tensors_give_the_same_logits_on_both_protocols(http_client: httpclient.InferenceServerClient,
+                                                                         grpc_client: grpcclient.InferenceServerClient) -> None:
+    x = pixels()
+    results = []
+    for binary in (False, True):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        r = http_client.infer("efficientnet-lite0", [inp], outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)])
+        results.append(r.as_numpy("logits"))
+    ginp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    ginp.set_data_from_numpy(x)
+    results.append(grpc_client.infer("efficientnet-lite0", [ginp]).as_numpy("logits"))
+    assert results[0].shape == (1, 1000)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[1], results[2], rtol=0, atol=0)
+
+
+def test_request_id_comes_back(http_client: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient, images: list[bytes]) -> None:
+    assert http_client.infer("vision-classify", [image_input(httpclient, images[:1])], request_id="req-42").get_response()["id"] == "req-42"
+    assert grpc_client.infer("vision-classify", [image_input(grpcclient, images[:1])], request_id="req-43").get_response().id == "req-43"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_http_errors(http_client: httpclient.InferenceServerClient, images: list[bytes], stack: Stack) -> None:
+    expect_error(lambda: http_client.get_model_metadata("no-such-model"), "404", "unknown model")
+    expect_error(lambda: http_client.get_model_metadata("vision-classify", model_version="7"), "404", "no version")
+    expect_error(lambda: http_client.infer("no-such-model", [image_input(httpclient, images[:1])]), "404", "unknown model")
+
+    wrong_shape = httpclient.InferInput("input", [1, 3, 100, 100], "FP32")
+    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    expect_error(lambda: http_client.infer("efficientnet-lite0", [wrong_shape]), "400", "does not match [-1, 3, 224, 224]")
+
+    wrong_type = httpclient.InferInput("input", [1, 3, 224, 224], "FP64")
+    wrong_type.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float64))
+    expect_error(lambda: http_client.infer("efficientnet-lite0", [wrong_type]), "400", "datatype FP64, model 'efficientnet-lite0' expects FP32")
+
+    count = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    count.set_data_from_numpy(pixels())
+    count.set_shape([1, 3, 224, 223])  # the binary data no longer matches the declared shape
+    expect_error(lambda: http_client.infer("efficientnet-lite0", [count]), "400", "needs 599424 bytes, got 602112")
+
+    expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, [b"not an image"])]), "400", "image 0 could not be decoded")
+    truncated = images[0][: len(images[0]) // 2]
+    expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, [images[1], truncated])]), "400",
+                 "image 1 could not be decoded: corrupt or truncated")
+    assert top1(http_client.infer("vision-classify", [image_input(httpclient, images)])) == EXPECTED  # the decoder recovered
+    expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, images[1:] * 33)]), "400", "takes 1 to 32")
+    expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, images[:1])], parameters={"top_k": 0}), "400", "top_k")
+
+    too_big = httpclient.InferInput("input", [20, 3, 224, 224], "FP32")  # 12 MB: over the 10 MB body limit
+    too_big.set_data_from_numpy(pixels(20))
+    expect_error(lambda: http_client.infer("efficientnet-lite0", [too_big]), "413", "request body exceeds")
+
+
+def test_http_errors_on_the_wire_are_v2_shaped(stack: Stack) -> None:
+    base = stack.ingress + "/v2/models"
+    cases = [
+        ("POST", "/vision-classify/infer", b"{not json", 400, "not valid JSON"),
+        ("POST", "/vision-classify/infer", json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["a", "b"]}]}).encode(),
+         400, "needs 1 elements, data has 2"),
+        ("POST", "/efficientnet-lite0/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, "x"]}]}).encode(),
+         400, "does not match datatype FP32"),
+        ("POST", "/vision-classify/infer", json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "WEIRD", "data": ["a"]}]}).encode(),
+         400, "unknown datatype"),
+        ("POST", "/vision-classify/infer", json.dumps({"inputs": [{"name": "nope", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode(),
+         400, "has no input 'nope'"),
+        ("GET", "/nope", None, 404, "unknown model"),
+        ("GET", "/vision-classify/versions/2/ready", None, 404, "no version"),
+        ("POST", "/vision-classify/infer", b"", 400, "empty inference request"),
+    ]
+    with httpx.Client(timeout=30) as c:
+        for method, path, body, status, text in cases:
+            r = c.request(method, base + path, content=body)
+            assert r.status_code == status, (path, r.status_code, r.text)
+            assert set(r.json()) == {"error"} and text in r.json()["error"], (path, r.text)
+        # Binary extension: a declared header length beyond the body.
+        r = c.post(base + "/vision-classify/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+        assert r.status_code == 400 and "outside the body" in r.json()["error"]
+        r = c.post(base + "/vision-classify/infer", content=b"x" * (stack.cfg.max_body_bytes + 1))
+        assert r.status_code == 413 and set(r.json()) == {"error"}
+
+
+def test_grpc_errors(grpc_client: grpcclient.InferenceServerClient, images: list[bytes]) -> None:
+    expect_error(lambda: grpc_client.get_model_metadata("no-such-model"), "StatusCode.NOT_FOUND", "unknown model")
+    expect_error(lambda: grpc_client.infer("no-such-model", [image_input(grpcclient, images[:1])]), "StatusCode.NOT_FOUND", "unknown model")
+
+    wrong_shape = grpcclient.InferInput("input", [1, 3, 100, 100], "FP32")
+    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    expect_error(lambda: grpc_client.infer("efficientnet-lite0", [wrong_shape]), "StatusCode.INVALID_ARGUMENT", "does not match")
+
+    wrong_type = grpcclient.InferInput("input", [1, 3, 224, 224], "FP64")
+    wrong_type.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float64))
+    expect_error(lambda: grpc_client.infer("efficientnet-lite0", [wrong_type]), "StatusCode.INVALID_ARGUMENT", "expects FP32")
+
+    count = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    count.set_data_from_numpy(pixels())
+    count.set_shape([1, 3, 224, 223])
+    expect_error(lambda: grpc_client.infer("efficientnet-lite0", [count]), "StatusCode.INVALID_ARGUMENT", "needs 599424 bytes, got 602112")
+
+    expect_error(lambda: grpc_client.infer("vision-classify", [image_input(grpcclient, [b"\xff\xd8 broken"])]), "StatusCode.INVALID_ARGUMENT",
+                 "could not be decoded")
+
+    too_big = grpcclient.InferInput("input", [20, 3, 224, 224], "FP32")
+    too_big.set_data_from_numpy(pixels(20))
+    expect_error(lambda: grpc_client.infer("efficientnet-lite0", [too_big]), "StatusCode.RESOURCE_EXHAUSTED", "")
+
+
+# ---------------------------------------------------------------- realtime lane: circuit breaker
+
+
+def test_breaker_opens_when_the_worker_dies_and_closes_when_it_is_back(stack: Stack, images: list[bytes]) -> None:
+    fail_max, reset_s = int(stack.cfg.api_env["SWITCHYARD_BREAKER_FAIL_MAX"]), float(stack.cfg.api_env["SWITCHYARD_BREAKER_RESET_S"])
+    worker = stack.procs["worker-vision"]
+    url = f"{stack.ingress}/v2/models/vision-classify/infer"
+    body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}).encode()
+    grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.grpc_port}")
+    worker.stop()
+    try:
+        with httpx.Client(timeout=30) as c:
+            answers = [c.post(url, content=body) for _ in range(fail_max + 2)]
+            assert all(r.status_code == 503 and set(r.json()) == {"error"} for r in answers), [r.text for r in answers]
+            assert "unreachable" in answers[0].json()["error"]
+            opened = answers[-1]
+            assert "circuit open" in opened.json()["error"] and 1 <= int(opened.headers["Retry-After"]) <= reset_s + 1
+            for _ in range(fail_max + 1):
+                with pytest.raises(InferenceServerException) as exc:
+                    grpc_client.infer("vision-classify", [image_input(grpcclient, images[:1])])
+                assert exc.value.status() == "StatusCode.UNAVAILABLE"
+            assert "circuit open" in (exc.value.message() or "")
+            # Job submission (durable lane) is unaffected: accepted, it runs when the worker is back.
+            job = c.post(f"{stack.ingress}/v1/jobs", json={"domain": "vision", "model": "vision-classify", "input": {"images": [b64(images[0])]}})
+            assert job.status_code == 202
+    finally:
+        worker.start()
+        worker.wait_ready()
+    time.sleep(reset_s + 0.2)
+    with httpx.Client(timeout=30) as c:
+        r = c.post(url, content=json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}).encode())
+        assert r.status_code == 400 and "could not be decoded" in r.json()["error"]  # the worker answered: breaker closed
+        final = wait_job(c, stack, job.json()["id"])
+        assert final["status"] == "succeeded" and final["result"]["predictions"][0][0]["label"] == "palace"
+    assert top1(grpc_client.infer("vision-classify", [image_input(grpcclient, images)])) == EXPECTED
+    grpc_client.close()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def wait_job(c: httpx.Client, stack: Stack, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = c.get(f"{stack.ingress}/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
