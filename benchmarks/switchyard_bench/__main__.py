@@ -11,18 +11,19 @@ import tempfile
 from pathlib import Path
 
 from switchyard.devstack.stack import Stack, StackConfig
-from switchyard_bench import submit, ttft
+from switchyard_bench import submit, ttft, vision
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="switchyard bench")
-    ap.add_argument("which", nargs="*", help="submit and/or ttft (default: both)")
+    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all)")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
     args = ap.parse_args()
-    args.which = args.which or ["submit", "ttft"]
-    if set(args.which) - {"submit", "ttft"}:
-        ap.error("benchmarks: submit, ttft")
+    args.which = args.which or ["submit", "ttft", "vision"]
+    if set(args.which) - {"submit", "ttft", "vision"}:
+        ap.error("benchmarks: submit, ttft, vision")
     cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=args.postgres_dsn, worker_concurrency=4, engine_parallel=4,
+                                vision="vision" in args.which, vllm=None if "ttft" in args.which else False,
                                 # The submission benchmark builds a backlog on purpose: no admission limit.
                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
     stack = Stack(cfg)
@@ -32,6 +33,8 @@ def main() -> None:
             submit.run(stack)
         if "ttft" in args.which:
             ttft.run(stack)
+        if "vision" in args.which:
+            vision.run(stack)
     finally:
         stack.stop()
 

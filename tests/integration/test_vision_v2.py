@@ -127,7 +127,7 @@ def test_fp32_int8_ensemble_averages_the_two_models(http_client: httpclient.Infe
     for that label: it is their average, not either model alone."""
     def scores(model: str) -> dict[str, float]:
         r = http_client.infer(model, [image_input(httpclient, images[:1])], parameters={"top_k": 1000})
-        return {lab.decode(): float(s) for lab, s in zip(r.as_numpy("labels")[0], r.as_numpy("scores")[0])}
+        return {lab.decode(): float(s) for lab, s in zip(r.as_numpy("labels")[0], r.as_numpy("scores")[0], strict=True)}
 
     fp32, both = scores("vision-classify"), scores("vision-classify-fp32-int8")
     assert both != fp32

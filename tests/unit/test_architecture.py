@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = {"api": "switchyard.api", "worker-llm": "switchyard.worker_llm"}
+APPS = {"api": "switchyard.api", "worker-llm": "switchyard.worker_llm", "worker-vision": "switchyard.worker_vision"}
+# Heavy stacks stay in the one app that needs them (they are in the shared lockfile, and Pants only
+# puts a requirement into the artifacts of targets that import it).
+HEAVY = {"nvidia.dali": "worker-vision", "onnxruntime": "worker-vision"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,3 +40,12 @@ def test_every_app_is_listed() -> None:
 
 def test_switchyard_is_a_namespace_package() -> None:
     assert not list(ROOT.glob("*/*/switchyard/__init__.py"))
+
+
+@pytest.mark.parametrize("module", sorted(HEAVY))
+def test_heavy_stacks_only_in_their_app(module: str) -> None:
+    owner = ROOT / "apps" / HEAVY[module]
+    files = [f for d in ("apps", "libs") for f in (ROOT / d).rglob("*.py") if owner not in f.parents]
+    assert files
+    bad = sorted(str(f.relative_to(ROOT)) for f in files if any(m == module or m.startswith(module + ".") for m in _imports(f)))
+    assert not bad, f"{module} imported outside {HEAVY[module]}: {bad}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,7 +21,7 @@ log = logging.getLogger("switchyard.api")
 Raw = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
-def _parse(msg_type: type, raw: bytes) -> object:
+def _parse(msg_type: Any, raw: bytes) -> Any:
     try:
         return msg_type.FromString(raw)
     except DecodeError:
@@ -39,9 +40,9 @@ def handlers(gateway: V2Gateway) -> grpc.GenericRpcHandler:
 
     async def model_metadata(raw: bytes, _: grpc.aio.ServicerContext) -> bytes:
         req = _parse(pb.ModelMetadataRequest, raw)
-        return bytes(metadata_to_pb(gateway.model(req.name, req.version or None)).SerializeToString())  # type: ignore[attr-defined]
+        return bytes(metadata_to_pb(gateway.model(req.name, req.version or None)).SerializeToString())
 
-    def forwarded(method: str, msg_type: type, name_field: str, version_field: str) -> Raw:
+    def forwarded(method: str, msg_type: Any, name_field: str, version_field: str) -> Raw:
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             req = _parse(msg_type, raw)
             model = gateway.model(getattr(req, name_field), getattr(req, version_field) or None)

@@ -53,8 +53,8 @@ class VisionActivities:
                     kind = "InvalidInput" if 400 <= e.status < 500 else "BackendUnavailable"
                     raise ApplicationError(f"images {start}..{start + len(batch) - 1}: {e.message}", type=kind, non_retryable=kind == "InvalidInput") from None
                 out = {t.name: t.data for t in resp.outputs}
-                for labels, scores in zip(out["labels"], out["scores"]):
-                    done.append([{"label": lab.decode(), "score": float(sc)} for lab, sc in zip(labels, scores)])
+                for labels, scores in zip(out["labels"], out["scores"], strict=True):
+                    done.append([{"label": lab.decode(), "score": float(sc)} for lab, sc in zip(labels, scores, strict=True)])
                 checkpoint[0] = done
                 await self.books.bus.publish(spec.job_id, "progress", {"done": len(done), "total": len(images)})
         return VisionClassification(

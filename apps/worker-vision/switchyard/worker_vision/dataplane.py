@@ -81,7 +81,7 @@ class VisionDataPlane:
             if t.datatype != spec.datatype:
                 raise V2Error(400, f"input '{t.name}': datatype {t.datatype}, model '{m.name}' expects {spec.datatype}")
             shape = t.shape
-            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape)):
+            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
                 raise V2Error(400, f"input '{t.name}': shape {shape} does not match {spec.shape}")
             if not 1 <= shape[0] <= m.max_batch_size:
                 raise V2Error(400, f"input '{t.name}': batch of {shape[0]}; model '{m.name}' takes 1 to {m.max_batch_size}")
@@ -123,8 +123,8 @@ class VisionDataPlane:
         params = {**m.parameters, **req.parameters}
         for level in self._levels[m.name]:
             results = await asyncio.gather(*(self._step(s, values, params) for s in level))
-            for s, outs in zip(level, results):
-                values.update(zip(s.outputs, outs))
+            for s, outs in zip(level, results, strict=True):
+                values.update(zip(s.outputs, outs, strict=True))
         outputs = []
         for name in wanted:
             spec = m.output(name)

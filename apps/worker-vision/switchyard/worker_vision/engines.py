@@ -52,16 +52,17 @@ class TritonBackend:
         except InferenceServerException as e:
             status = int(e.status()) if str(e.status() or "").isdigit() else 503
             raise V2Error(400 if status == 400 else 503, f"backend {self.name} (Triton model {self.model}): {e.message()}") from None
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise V2Error(503, f"backend {self.name}: Triton unreachable ({e!r})") from None
         out = result.as_numpy(out_name)
-        assert out is not None
-        return out
+        if out is None:
+            raise V2Error(503, f"backend {self.name}: Triton returned no '{out_name}'")
+        return np.asarray(out)
 
     async def ready(self) -> bool:
         try:
             return bool(await self._client.is_model_ready(self.model))
-        except (InferenceServerException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, InferenceServerException, OSError):
             return False
 
     async def close(self) -> None:

@@ -51,7 +51,7 @@ class DaliPreprocessor:
         self.max_batch = max_batch
 
         # Synchronous, unpipelined: one request's images in, its tensor out (no prefetch queue).
-        @pipeline_def(batch_size=max_batch, num_threads=threads, device_id=0 if gpu else None,
+        @pipeline_def(batch_size=max_batch, num_threads=threads, device_id=0 if gpu else None,  # type: ignore[untyped-decorator]
                       exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
         def pipe() -> Any:
             images = fn.external_source(name="images", dtype=types.UINT8, ndim=1)

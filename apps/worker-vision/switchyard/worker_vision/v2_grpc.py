@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
-from switchyard.common.v2.grpc_codec import SERVICE, metadata_to_pb, request_from_pb, response_to_pb
 from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.grpc_codec import SERVICE, metadata_to_pb, request_from_pb, response_to_pb
 from switchyard.worker_vision.dataplane import VisionDataPlane
 from switchyard.worker_vision.v2_http import SERVER
 

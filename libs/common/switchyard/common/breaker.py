@@ -26,7 +26,7 @@ class BreakerOpen(Exception):
         self.retry_after_s = retry_after_s
 
 
-class _OpenedAt(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _OpenedAt(pybreaker.CircuitBreakerListener):
     def __init__(self) -> None:
         self.at = 0.0
 

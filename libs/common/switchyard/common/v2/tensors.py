@@ -160,10 +160,11 @@ def from_list(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarr
     kinds = (bool,) if datatype == "BOOL" else (int, float) if datatype.startswith("FP") else (int,)
     if not all(isinstance(x, kinds) and (datatype == "BOOL" or not isinstance(x, bool)) for x in flat):
         raise V2Error(400, f"input '{name}': data does not match datatype {datatype}")
-    try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
-    except (OverflowError, ValueError) as e:
-        raise V2Error(400, f"input '{name}': {e}") from None
+    if dtype.kind in "iu" and flat:
+        info = np.iinfo(dtype)
+        if min(flat) < info.min or max(flat) > info.max:
+            raise V2Error(400, f"input '{name}': values out of range for {datatype}")
+    return np.asarray(flat, dtype=dtype).reshape(shape)
 
 
 def to_list(t: Tensor) -> list[Any]:

@@ -1,0 +1,168 @@
+"""Vision realtime lane: ``vision-classify`` (JPEG bytes → DALI → EfficientNet-Lite0 on Triton →
+top-5) through Nginx + API + worker, vs the same work done by the client calling Triton directly
+(DALI in the client's process, Triton HTTP, top-5 in numpy), in the same run; and DALI vs Pillow.
+
+Concurrency 1 isolates per-request overhead; the open-loop rate test schedules requests at a fixed
+rate (latency measured from the scheduled send time, so queueing counts) as a steady load would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from io import BytesIO
+from typing import Any
+
+import httpx
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+
+from switchyard.devstack.models import cache_dir, sample_images
+from switchyard.devstack.stack import Stack
+from switchyard.worker_vision.preprocess import CROP, MEAN, SHORTER, STD, DaliPreprocessor
+from switchyard_bench.stats import save, summarize, table
+
+N = 300
+RATE_RPS = 40
+RATE_SECONDS = 15
+MODEL = "vision-classify"
+
+
+def pillow_preprocess(jpeg: bytes) -> np.ndarray[Any, Any]:
+    """The same transform with Pillow: RGB, shorter side 256 (bilinear), centre crop 224, (x-127)/128, CHW."""
+    im = Image.open(BytesIO(jpeg)).convert("RGB")
+    w, h = im.size
+    s = SHORTER / min(w, h)
+    nw, nh = max(SHORTER, round(w * s)), max(SHORTER, round(h * s))
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - CROP) // 2, (nh - CROP) // 2
+    x = (np.asarray(im.crop((left, top, left + CROP, top + CROP)), dtype=np.float32) - np.float32(MEAN[0])) / np.float32(STD[0])
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> tuple[list[float], float]:
+    for _ in range(warmup):
+        fn()
+    ms: list[float] = []
+    start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ms.append((time.perf_counter() - t0) * 1000)
+    return ms, time.perf_counter() - start
+
+
+class Direct:
+    """What a client without Switchyard does: preprocess itself, call Triton, take the top 5."""
+
+    def __init__(self, stack: Stack, image: bytes) -> None:
+        self.image = image
+        self.dali = DaliPreprocessor("auto", max_batch=8)
+        self.labels = np.array((cache_dir() / "vision" / "models" / "imagenet_labels.txt").read_text().splitlines())
+        self.triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.triton_http_port}")
+
+    def __call__(self) -> list[str]:
+        x = self.dali([self.image])
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        logits = self.triton.infer("efficientnet_lite0", [inp], outputs=[httpclient.InferRequestedOutput("logits", binary_data=True)]).as_numpy("logits")
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+        return list(self.labels[np.argsort(-probs[0])[:5]])
+
+
+def v2_http(url: str, image: bytes) -> Callable[[], list[str]]:
+    client = httpclient.InferenceServerClient(url)
+    inp = httpclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
+    outs = [httpclient.InferRequestedOutput("labels", binary_data=True), httpclient.InferRequestedOutput("scores", binary_data=True)]
+    return lambda: [b.decode() for b in client.infer(MODEL, [inp], outputs=outs).as_numpy("labels")[0]]
+
+
+def v2_grpc(url: str, image: bytes) -> Callable[[], list[str]]:
+    client = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object))
+    return lambda: [b.decode() for b in client.infer(MODEL, [inp]).as_numpy("labels")[0]]
+
+
+async def open_loop(send: Callable[[], Awaitable[None]], rate: float, seconds: float) -> tuple[list[float], float]:
+    """Start one request every 1/rate s regardless of answers; latency from its scheduled start."""
+    total = int(rate * seconds)
+    ms: list[float] = []
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await send()
+        ms.append((time.perf_counter() - due) * 1000)
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    return ms, time.perf_counter() - start
+
+
+def rate_through_ingress(stack: Stack, image: bytes) -> tuple[list[float], float]:
+    inp = httpclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([inp], outputs=[httpclient.InferRequestedOutput("labels", binary_data=False)])
+    headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+
+    async def go() -> tuple[list[float], float]:
+        async with httpx.AsyncClient(base_url=stack.ingress, timeout=30, limits=httpx.Limits(max_connections=64)) as c:
+            async def send() -> None:
+                r = await c.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+                r.raise_for_status()
+            return await open_loop(send, RATE_RPS, RATE_SECONDS)
+
+    return asyncio.run(go())
+
+
+def rate_direct(direct: Direct) -> tuple[list[float], float]:
+    async def go() -> tuple[list[float], float]:
+        async def send() -> None:
+            await asyncio.to_thread(direct)
+        return await open_loop(send, RATE_RPS, RATE_SECONDS)
+
+    return asyncio.run(go())
+
+
+def run(stack: Stack) -> None:
+    imgs = sample_images()
+    china = imgs["china"]
+    direct = Direct(stack, china)
+    probes: list[tuple[str, Callable[[], list[str]], str | None]] = [
+        ("Triton direct (client DALI + Triton HTTP)", direct, None),
+        ("vision-classify via Nginx+API (V2 HTTP)", v2_http(f"127.0.0.1:{stack.cfg.http_port}", china), "Triton direct (client DALI + Triton HTTP)"),
+        ("vision-classify via Nginx+API (V2 gRPC)", v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china), "Triton direct (client DALI + Triton HTTP)"),
+        ("vision-classify on the worker (V2 HTTP)", v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), "Triton direct (client DALI + Triton HTTP)"),
+    ]
+    rows = []
+    for name, fn, base in probes:
+        assert fn()[0] == "palace", f"{name}: wrong answer"
+        ms, secs = timed(fn, N)
+        rows.append(summarize(f"{name}, conc 1", ms, secs, f"{base}, conc 1" if base else None))
+    ms, secs = rate_direct(direct)
+    rows.append(summarize(f"Triton direct, {RATE_RPS} req/s open loop", ms, secs))
+    ms, secs = rate_through_ingress(stack, china)
+    rows.append(summarize(f"vision-classify via Nginx+API, {RATE_RPS} req/s open loop", ms, secs, f"Triton direct, {RATE_RPS} req/s open loop"))
+
+    # Preprocessing alone, per image, in this process.
+    dali = direct.dali
+    for batch in (1, 8):
+        jpegs = [china] * batch
+        ms, secs = timed(lambda jpegs=jpegs: dali(jpegs), N // batch)  # type: ignore[misc]
+        rows.append(summarize(f"preprocess DALI ({dali.device}), batch {batch}, per image", [m / batch for m in ms], secs / batch,
+                              f"preprocess Pillow, batch {batch}, per image"))
+        ms, secs = timed(lambda jpegs=jpegs: [pillow_preprocess(j) for j in jpegs], N // batch)  # type: ignore[misc]
+        rows.append(summarize(f"preprocess Pillow, batch {batch}, per image", [m / batch for m in ms], secs / batch))
+    print(table(rows))
+    out = save("vision", rows, {
+        "model": MODEL, "image": "scikit-learn china.jpg (640x427 JPEG)", "n_per_row": N, "open_loop": f"{RATE_RPS} req/s for {RATE_RPS * RATE_SECONDS} requests",
+        "notes": "Load generator, Nginx, API, worker (DALI CPU) and Triton (onnxruntime, 2 threads) share the machine's cores. "
+                 "Direct = the client does DALI itself and calls Triton's efficientnet_lite0 over HTTP: the work vision-classify does, minus the platform.",
+    })
+    print(f"results: {out}")
