@@ -50,7 +50,7 @@ async def model_ready(res: Res, request: Request, model: str, version: str | Non
         resp = await res.v2.forward_http(res.v2.model(model, version), request.url.path, None, {})
     except V2Error as e:
         return v2_error_response(e)
-    return Response(status_code=resp.status_code)
+    return Response(status_code=resp.status)
 
 
 @router.post("/models/{model}/infer")
@@ -65,4 +65,4 @@ async def infer(res: Res, request: Request, model: str, version: str | None = No
         resp = await res.v2.forward_http(m, request.url.path, body, headers)
     except V2Error as e:
         return v2_error_response(e)
-    return Response(resp.content, status_code=resp.status_code, headers={k: v for k in PASS_HEADERS if (v := resp.headers.get(k)) is not None})
+    return Response(resp.body, status_code=resp.status, headers=resp.headers)

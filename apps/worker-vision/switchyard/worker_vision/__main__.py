@@ -11,6 +11,7 @@ import sys
 import grpc
 import tritonclient.http.aio as triton_http
 import uvicorn
+import uvloop
 from temporalio.worker import Worker
 
 from switchyard.common.bookkeeping import JobBookkeeping
@@ -81,4 +82,4 @@ if __name__ == "__main__":
         # Packaging smoke test: every import resolved above (DALI, onnxruntime, tritonclient); settings parse.
         print(f"switchyard-worker-vision ok: task queue {VisionSettings().task_queue!r}")
     else:
-        asyncio.run(main())
+        uvloop.run(main())

@@ -109,7 +109,9 @@ class VisionDataPlane:
             k = params.get("top_k", 5)
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= probs.shape[-1]:
                 raise V2Error(400, f"parameter top_k must be an integer from 1 to {probs.shape[-1]}, got {k!r}")
-            idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+            top = np.argpartition(-probs, k - 1, axis=-1)[:, :k]  # the k best, unordered...
+            order = np.argsort(-np.take_along_axis(probs, top, axis=-1), axis=-1, kind="stable")  # ...then sorted
+            idx = np.take_along_axis(top, order, axis=-1)
             return [labels[idx], np.take_along_axis(probs, idx, axis=-1).astype(np.float32)]
         raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the vision worker")
 
@@ -122,7 +124,10 @@ class VisionDataPlane:
                 raise V2Error(400, f"model '{m.name}' has no output '{name}' (outputs: {', '.join(o.name for o in m.outputs)})")
         params = {**m.parameters, **req.parameters}
         for level in self._levels[m.name]:
-            results = await asyncio.gather(*(self._step(s, values, params) for s in level))
+            if len(level) == 1:  # the common case: no gather bookkeeping
+                results = [await self._step(level[0], values, params)]
+            else:
+                results = await asyncio.gather(*(self._step(s, values, params) for s in level))
             for s, outs in zip(level, results, strict=True):
                 values.update(zip(s.outputs, outs, strict=True))
         outputs = []
