@@ -4,11 +4,15 @@ vision worker, with progress events, on the same V2 models (ensembles included) 
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import time
 
 import pytest
 
-from switchyard.devstack.client import JobClient
+from switchyard.devstack.client import Event, JobClient
 from switchyard.devstack.models import sample_images
+from switchyard.devstack.stack import Stack
 
 
 def vision_job(images: list[bytes], model: str = "vision-classify", top_k: int = 3) -> dict[str, object]:
@@ -49,3 +53,38 @@ def test_bad_vision_jobs_are_refused_at_submission(client: JobClient) -> None:
     for body, status, code in cases:
         r = client.http.post("/v1/jobs", json=body)
         assert r.status_code == status and r.json()["error"]["code"] == code, (body["model"], r.text)
+
+
+def test_worker_killed_mid_job_resumes_from_its_checkpoint(stack: Stack, client: JobClient) -> None:
+    """32 images in chunks of 8. After the first chunk Triton is frozen (the worker hangs inside a
+    chunk, still heartbeating its checkpoint), then the worker is SIGKILLed and restarted: the retry
+    resumes after the chunks already done instead of starting over, and every image is classified."""
+    imgs = sample_images()
+    triton, worker = stack.procs["triton"], stack.procs["worker-vision"]
+    assert triton.popen is not None
+    job_id = client.submit(vision_job([imgs["china"], imgs["flower"]] * 16))
+    events = client.events(job_id)
+    seen: list[Event] = []
+    for e in events:
+        seen.append(e)
+        if e.type == "progress":
+            os.kill(triton.popen.pid, signal.SIGSTOP)
+            break
+    try:
+        time.sleep(2.5)  # at least one heartbeat carries the checkpoint
+        worker.kill()
+    finally:
+        os.kill(triton.popen.pid, signal.SIGCONT)
+    worker.start()
+    worker.wait_ready()
+    seen += list(events)
+    job = client.get(job_id)
+    assert job["status"] == "succeeded", job
+    assert [p[0]["label"] for p in job["result"]["predictions"]] == ["palace", "daisy"] * 16
+    attempts = [e.data.get("attempt") for e in seen if e.type == "status" and e.data["status"] == "running"]
+    assert attempts == [1, 2], attempts
+    retry_at = next(i for i, e in enumerate(seen) if e.type == "status" and e.data.get("attempt") == 2)
+    done_before = max(e.data["done"] for e in seen[:retry_at] if e.type == "progress")
+    first_after = next(e.data["done"] for e in seen[retry_at:] if e.type == "progress")
+    assert first_after == done_before + 8, (done_before, first_after)  # resumed, not restarted
+    assert seen[-1].type == "status" and seen[-1].data["status"] == "succeeded"
