@@ -60,4 +60,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(v2_routes.V2InferFastPath, max_bytes=settings.max_body_bytes)
     return app

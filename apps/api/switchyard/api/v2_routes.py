@@ -1,13 +1,15 @@
 """KServe V2 REST (``/v2``): server and model metadata and health here; inference forwarded to the
-model's worker (see v2_gateway). Errors are V2's ``{"error": "..."}``."""
+model's worker (see v2_gateway) by ``V2InferFastPath``. Errors are V2's ``{"error": "..."}``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.api.deps import Res
-from switchyard.api.v2_gateway import PASS_HEADERS
+from switchyard.api.v2_gateway import PASS_HEADERS, V2Gateway
+from switchyard.common.v2.asgi import infer_fast_path
 from switchyard.common.v2.errors import V2Error, error_body
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -53,16 +55,18 @@ async def model_ready(res: Res, request: Request, model: str, version: str | Non
     return Response(status_code=resp.status)
 
 
-@router.post("/models/{model}/infer")
-@router.post("/models/{model}/versions/{version}/infer")
-async def infer(res: Res, request: Request, model: str, version: str | None = None) -> Response:
-    try:
-        m = res.v2.model(model, version)
-        body = await request.body()
-        if not body:
-            raise V2Error(400, "empty inference request")
-        headers = {k: v for k in PASS_HEADERS if (v := request.headers.get(k)) is not None}
-        resp = await res.v2.forward_http(m, request.url.path, body, headers)
-    except V2Error as e:
-        return v2_error_response(e)
-    return Response(resp.body, status_code=resp.status, headers=resp.headers)
+class V2InferFastPath:
+    """``POST /v2/models/{m}[/versions/{v}]/infer``: the realtime lane's hot path, answered before
+    FastAPI's routing (see switchyard.common.v2.asgi); the body limit is enforced here too."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._asgi = infer_fast_path(app, self._forward, max_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._asgi(scope, receive, send)
+
+    @staticmethod
+    async def _forward(scope: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        gateway: V2Gateway = scope["app"].state.resources.v2
+        answer = await gateway.forward_http(gateway.model(model, version), scope["path"], body, {k: headers[k] for k in PASS_HEADERS if k in headers})
+        return answer.status, answer.body, answer.headers

@@ -26,5 +26,7 @@ class VisionSettings(CommonSettings):
     vision_host: str = "127.0.0.1"
     vision_http_port: int = 8110
     vision_grpc_port: int = 8111
+    # Largest V2 request body (the API enforces the same limit in front).
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Images per durable-lane step (progress is published after each).
     vision_job_chunk: int = Field(default=8, ge=1, le=256)

@@ -10,7 +10,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Scope
 
+from switchyard.common.v2.asgi import infer_fast_path
 from switchyard.common.v2.errors import V2Error, error_body
 from switchyard.common.v2.rest import HEADER_LENGTH, encode_response, parse_request
 from switchyard.worker_vision.dataplane import VisionDataPlane
@@ -24,7 +26,7 @@ def _error(e: V2Error) -> Response:
     return Response(error_body(e.message), status_code=e.status, media_type="application/json", headers=e.headers)
 
 
-def create_app(plane: VisionDataPlane) -> Starlette:
+def create_app(plane: VisionDataPlane, max_body_bytes: int) -> ASGIApp:
     async def server_metadata(_: Request) -> Response:
         return JSONResponse(SERVER)
 
@@ -47,16 +49,16 @@ def create_app(plane: VisionDataPlane) -> Starlette:
             return _error(e)
         return Response(status_code=200 if ok else 503)
 
-    async def infer(request: Request) -> Response:
+    async def infer(_: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         try:
-            req = parse_request(request.path_params["model"], request.path_params.get("version"), await request.body(), request.headers.get(HEADER_LENGTH))
-            body, headers = encode_response(await plane.infer(req), req)
-        except V2Error as e:
-            return _error(e)
+            req = parse_request(model, version, body, headers.get(HEADER_LENGTH))
+            out, out_headers = encode_response(await plane.infer(req), req)
+        except V2Error:
+            raise
         except Exception:
             log.exception("inference failed")
-            return Response(error_body("internal error in the vision worker"), status_code=500, media_type="application/json")
-        return Response(body, headers=headers)
+            return 500, error_body("internal error in the vision worker"), {"content-type": "application/json"}
+        return 200, out, out_headers
 
     async def index(_: Request) -> Response:
         body: list[dict[str, Any]] = [{"name": m.name, "version": m.versions[-1], "state": "READY"} for m in plane.models.values()]
@@ -71,7 +73,6 @@ def create_app(plane: VisionDataPlane) -> Starlette:
         Route("/v2/models/{model}/versions/{version}", model_metadata),
         Route("/v2/models/{model}/ready", model_ready),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    # Infer requests skip Starlette's routing and middleware (switchyard.common.v2.asgi).
+    return infer_fast_path(Starlette(routes=routes), infer, max_body_bytes)
