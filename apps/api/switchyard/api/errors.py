@@ -11,11 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from switchyard.api.openai_protocol import UNSUPPORTED
 from switchyard.common.queues import DOMAINS
+from switchyard.common.v2.asgi import error_response as v2_error_response
+from switchyard.common.v2.errors import V2Error
 
 OPENAI_PATHS = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models")
 
@@ -50,9 +52,9 @@ def error_response(status: int, code: str, message: str, **kw: Any) -> JSONRespo
     return JSONResponse(error_body(status, code, message, **kw), status_code=status, headers=headers)
 
 
-def _error_for(request: Request, status: int, code: str, message: str, **kw: Any) -> JSONResponse:
+def _error_for(request: Request, status: int, code: str, message: str, **kw: Any) -> Response:
     if is_v2(request.url.path):
-        return JSONResponse({"error": message}, status_code=status, headers=kw.get("headers"))
+        return v2_error_response(V2Error(status, message, kw.get("headers")))
     return error_response(status, code, message, **kw)
 
 
@@ -68,7 +70,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> Response:
         return _error_for(request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -86,12 +88,12 @@ def install(app: FastAPI) -> None:
         return error_response(status, "invalid_value" if status == 400 else "validation_error", f"{param or 'body'}: {first['msg']}", param=param, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         # FastAPI raises a bare 400 when it cannot decode the body (bad UTF-8, broken framing).
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_for(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
         return _error_for(request, 500, "internal_error", "internal error")

@@ -9,16 +9,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.api.deps import Res
 from switchyard.api.v2_gateway import PASS_HEADERS, V2Gateway
-from switchyard.common.v2.asgi import infer_fast_path
-from switchyard.common.v2.errors import V2Error, error_body
+from switchyard.common.v2.asgi import error_response, infer_fast_path
+from switchyard.common.v2.errors import V2Error
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 SERVER_METADATA = {"name": "switchyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-
-def v2_error_response(e: V2Error) -> Response:
-    return Response(error_body(e.message), status_code=e.status, media_type="application/json", headers=e.headers)
 
 
 @router.get("")
@@ -42,7 +38,7 @@ async def model_metadata(res: Res, model: str, version: str | None = None) -> Re
     try:
         return JSONResponse(res.v2.model(model, version).metadata())
     except V2Error as e:
-        return v2_error_response(e)
+        return error_response(e)
 
 
 @router.get("/models/{model}/ready")
@@ -51,7 +47,7 @@ async def model_ready(res: Res, request: Request, model: str, version: str | Non
     try:
         resp = await res.v2.forward_http(res.v2.model(model, version), request.url.path, None, {})
     except V2Error as e:
-        return v2_error_response(e)
+        return error_response(e)
     return Response(status_code=resp.status)
 
 

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Scope
 
-from switchyard.common.v2.asgi import infer_fast_path
+from switchyard.common.v2.asgi import error_response, infer_fast_path
 from switchyard.common.v2.errors import V2Error, error_body
 from switchyard.common.v2.rest import HEADER_LENGTH, encode_response, parse_request
 from switchyard.worker_vision.dataplane import VisionDataPlane
@@ -20,10 +20,6 @@ from switchyard.worker_vision.dataplane import VisionDataPlane
 log = logging.getLogger("switchyard.worker_vision")
 
 SERVER = {"name": "switchyard-worker-vision", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-
-def _error(e: V2Error) -> Response:
-    return Response(error_body(e.message), status_code=e.status, media_type="application/json", headers=e.headers)
 
 
 def create_app(plane: VisionDataPlane, max_body_bytes: int) -> ASGIApp:
@@ -40,13 +36,13 @@ def create_app(plane: VisionDataPlane, max_body_bytes: int) -> ASGIApp:
         try:
             return JSONResponse(plane.model(request.path_params["model"], request.path_params.get("version")).metadata())
         except V2Error as e:
-            return _error(e)
+            return error_response(e)
 
     async def model_ready(request: Request) -> Response:
         try:
             ok = await plane.model_ready(request.path_params["model"], request.path_params.get("version"))
         except V2Error as e:
-            return _error(e)
+            return error_response(e)
         return Response(status_code=200 if ok else 503)
 
     async def infer(_: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:

@@ -7,15 +7,14 @@ tried in order when an endpoint fails before producing output.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml  # type: ignore[import-untyped]
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchyard.common.config_files import read_config
 from switchyard.common.queues import Domain
 
 ENGINES = ("llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast")
@@ -68,9 +67,7 @@ class ModelRegistry(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> ModelRegistry:
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        return cls.model_validate(data)
+        return cls.model_validate(read_config(path))
 
 
 class _RegistrySettings(BaseSettings):

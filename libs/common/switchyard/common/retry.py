@@ -10,22 +10,17 @@ from temporalio.common import RetryPolicy
 # Errors that retrying cannot fix (bad input, unknown model...).
 NON_RETRYABLE_ERROR_TYPES: Final[list[str]] = ["InvalidInput", "UnknownModel"]
 
-LLM_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-)
 
+
+def inference_policy(maximum_interval: timedelta) -> RetryPolicy:
+    """Engine work: exponential from 200 ms (x2), 5 attempts, bad input never retried."""
+    return RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_interval=maximum_interval,
+                       maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES)
+
+
+LLM_RETRY_POLICY: Final[RetryPolicy] = inference_policy(timedelta(seconds=10))
 # Vision batches: a retry resumes after the last finished chunk (heartbeat checkpoint).
-VISION_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=5),
-    maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-)
+VISION_RETRY_POLICY: Final[RetryPolicy] = inference_policy(timedelta(seconds=5))
 
 # Bookkeeping activities (database, event stream) retry quickly and for longer.
 BOOKKEEPING_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(

@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.common.v2.errors import V2Error, error_body
@@ -19,6 +20,11 @@ INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 # (scope, model, version, body, request headers) → (status, body, response headers)
 InferHandler = Callable[[Scope, str, str | None, bytes, dict[str, str]], Awaitable[tuple[int, bytes, dict[str, str]]]]
+
+
+def error_response(e: V2Error) -> Response:
+    """A V2 error as a framework response: ``{"error": message}`` with its status and headers."""
+    return Response(error_body(e.message), status_code=e.status, media_type="application/json", headers=e.headers)
 
 
 async def read_body(receive: Receive, max_bytes: int) -> bytes:

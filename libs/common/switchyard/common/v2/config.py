@@ -9,15 +9,14 @@ concurrently, so two backends can score the same batch at once.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchyard.common.config_files import read_config
 from switchyard.common.queues import Domain
 
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
@@ -165,9 +164,7 @@ class V2Config(_Strict):
 
     @classmethod
     def load(cls, path: Path) -> V2Config:
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        return cls.model_validate(data)
+        return cls.model_validate(read_config(path))
 
 
 class _V2Settings(BaseSettings):
