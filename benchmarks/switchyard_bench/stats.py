@@ -30,7 +30,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         base = by_name.get(r["baseline"] or "")
-        ratio = f"x{r['p50_ms'] / base['p50_ms']:.2f} (+{r['p50_ms'] - base['p50_ms']:.1f} ms)" if base else "baseline"
+        ratio = f"x{r['p50_ms'] / base['p50_ms']:.2f} ({r['p50_ms'] - base['p50_ms']:+.1f} ms)" if base else "baseline"
         lines.append(f"| {r['name']:<44} | {r['n']:>4} | {r['p50_ms']:>8.2f} | {r['p99_ms']:>8.2f} | {r['throughput_rps']:>7.1f} | {ratio:>22} |")
     return "\n".join(lines)
 

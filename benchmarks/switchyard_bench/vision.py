@@ -2,13 +2,16 @@
 top-5) through Nginx + API + worker, vs the same work done by the client calling Triton directly
 (DALI in the client's process, Triton HTTP, top-5 in numpy), in the same run; and DALI vs Pillow.
 
-Concurrency 1 isolates per-request overhead; the open-loop rate test schedules requests at a fixed
-rate (latency measured from the scheduled send time, so queueing counts) as a steady load would.
+Concurrency 1 isolates per-request overhead. Its probes are interleaved (one request of each, in a
+shuffled order, per round) so that drift on this shared 2-core machine lands on every row alike
+instead of on whichever row ran during it. The open-loop rate test schedules requests at a fixed rate
+(latency measured from the scheduled send time, so queueing counts) as a steady load would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from io import BytesIO
@@ -19,6 +22,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as triton_aio
+import tritonclient.utils.shared_memory as triton_shm
 from PIL import Image
 
 from switchyard.devstack.models import cache_dir, sample_images
@@ -26,7 +30,7 @@ from switchyard.devstack.stack import Stack
 from switchyard.worker_vision.preprocess import CROP, MEAN, SHORTER, STD, DaliPreprocessor
 from switchyard_bench.stats import save, summarize, table
 
-N = 300
+N = 500
 RATES_RPS = (20, 40)
 RATE_SECONDS = 15
 MODEL = "vision-classify"
@@ -44,6 +48,22 @@ def pillow_preprocess(jpeg: bytes) -> np.ndarray[Any, Any]:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def interleaved(probes: dict[str, Callable[[], Any]], rounds: int, warmup: int = 20) -> dict[str, list[float]]:
+    """Latency of each probe, ms: every round calls each probe once, in a fresh random order."""
+    for fn in probes.values():
+        for _ in range(warmup):
+            fn()
+    ms: dict[str, list[float]] = {name: [] for name in probes}
+    order = list(probes)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            probes[name]()
+            ms[name].append((time.perf_counter() - t0) * 1000)
+    return ms
+
+
 def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> tuple[list[float], float]:
     for _ in range(warmup):
         fn()
@@ -59,17 +79,37 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> tuple[list[float],
 class Direct:
     """What a client without Switchyard does: preprocess itself, call Triton, take the top 5."""
 
+    SHM = "switchyard-bench"
+
     def __init__(self, stack: Stack, image: bytes) -> None:
         self.image = image
         self.dali = DaliPreprocessor("auto", max_batch=8)
         self.labels = np.array((cache_dir() / "vision" / "models" / "imagenet_labels.txt").read_text().splitlines())
         self.triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.triton_http_port}")
+        self._shm: Any = None
 
     @staticmethod
     def _request(x: np.ndarray[Any, Any]) -> tuple[list[Any], list[Any]]:
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=True)
         return [inp], [httpclient.InferRequestedOutput("logits", binary_data=True)]
+
+    def with_shared_memory(self) -> list[str]:
+        """The same, with the input tensor handed over in Triton's system shared memory, as the worker does."""
+        if self._shm is None:
+            size = 3 * 224 * 224 * 4
+            self._shm = triton_shm.create_shared_memory_region(self.SHM, f"/{self.SHM}", size)
+            self.triton.register_system_shared_memory(self.SHM, f"/{self.SHM}", size)
+        x = self.dali([self.image])
+        triton_shm.set_shared_memory_region(self._shm, [x])
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_shared_memory(self.SHM, x.nbytes)
+        return self._top5(self.triton.infer("efficientnet_lite0", [inp], outputs=[httpclient.InferRequestedOutput("logits", binary_data=True)]).as_numpy("logits"))
+
+    def close(self) -> None:
+        if self._shm is not None:
+            self.triton.unregister_system_shared_memory(self.SHM)
+            triton_shm.destroy_shared_memory_region(self._shm)
 
     def _top5(self, logits: np.ndarray[Any, Any]) -> list[str]:
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -152,17 +192,19 @@ def run(stack: Stack) -> None:
     imgs = sample_images()
     china = imgs["china"]
     direct = Direct(stack, china)
-    probes: list[tuple[str, Callable[[], list[str]], str | None]] = [
-        ("Triton direct (client DALI + Triton HTTP)", direct, None),
-        ("vision-classify via Nginx+API (V2 HTTP)", v2_http(f"127.0.0.1:{stack.cfg.http_port}", china), "Triton direct (client DALI + Triton HTTP)"),
-        ("vision-classify via Nginx+API (V2 gRPC)", v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china), "Triton direct (client DALI + Triton HTTP)"),
-        ("vision-classify on the worker (V2 HTTP)", v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), "Triton direct (client DALI + Triton HTTP)"),
-    ]
-    rows = []
-    for name, fn, base in probes:
+    base, base_shm = "Triton direct (client DALI + Triton HTTP), conc 1", "Triton direct, input in shared memory, conc 1"
+    probes: dict[str, tuple[Callable[[], list[str]], str | None]] = {
+        base: (direct, None),
+        base_shm: (direct.with_shared_memory, None),
+        "vision-classify via Nginx+API (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.http_port}", china), base),
+        "vision-classify via Nginx+API (V2 gRPC), conc 1": (v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china), base),
+        "vision-classify on the worker (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), base),
+    }
+    for name, (fn, _) in probes.items():
         assert fn()[0] == "palace", f"{name}: wrong answer"
-        ms, secs = timed(fn, N)
-        rows.append(summarize(f"{name}, conc 1", ms, secs, f"{base}, conc 1" if base else None))
+    latencies = interleaved({name: fn for name, (fn, _) in probes.items()}, N)
+    direct.close()
+    rows = [summarize(name, latencies[name], sum(latencies[name]) / 1000, b) for name, (_, b) in probes.items()]
     for rate in RATES_RPS:
         ms, secs = rate_direct(stack, direct, rate)
         rows.append(summarize(f"Triton direct, {rate} req/s open loop", ms, secs))
@@ -182,6 +224,8 @@ def run(stack: Stack) -> None:
     out = save("vision", rows, {
         "model": MODEL, "image": "scikit-learn china.jpg (640x427 JPEG)", "n_per_row": N, "open_loop": f"{RATES_RPS} req/s, {RATE_SECONDS} s each",
         "notes": "Load generator, Nginx, API, worker (DALI CPU) and Triton (onnxruntime, 2 threads) share the machine's cores. "
-                 "Direct = the client does DALI itself and calls Triton's efficientnet_lite0 over HTTP: the work vision-classify does, minus the platform.",
+                 "Direct = the client does DALI itself and calls Triton's efficientnet_lite0 over HTTP: the work vision-classify does, minus the platform. "
+                 "The worker hands Triton its input through system shared memory; 'input in shared memory' is the direct client doing the same. "
+                 "Concurrency-1 rows are interleaved request by request (req/s there = 1 / mean latency).",
     })
     print(f"results: {out}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from urllib.parse import quote
 
-import aiohttp
 import grpc
 
 from switchyard.api.settings import ApiSettings, V2Upstream
 from switchyard.common.breaker import Breaker, BreakerOpen
+from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import V2Config, V2Model
 from switchyard.common.v2.errors import V2Error
 
@@ -46,6 +47,7 @@ class _Worker:
     upstream: V2Upstream
     http_breaker: Breaker
     grpc_breaker: Breaker
+    http: Http1Client
     channel: grpc.aio.Channel
 
 
@@ -56,22 +58,21 @@ def unavailable(e: BreakerOpen) -> V2Error:
 class V2Gateway:
     def __init__(self, settings: ApiSettings, config: V2Config) -> None:
         self.config = config
-        # aiohttp rather than httpx here: ~2 ms less per forwarded request on this machine.
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
-                                          timeout=aiohttp.ClientTimeout(total=settings.v2_timeout_s, connect=2.0), auto_decompress=False)
         options = [("grpc.max_send_message_length", settings.max_body_bytes), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         self.workers = {
             domain: _Worker(domain, up,
                             Breaker(f"{domain} worker (HTTP)", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
                             Breaker(f"{domain} worker (gRPC)", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
+                            # A lean HTTP/1.1 client: 0.3-0.45 ms less per request than aiohttp (common/http1.py).
+                            Http1Client.for_url(up.http, timeout_s=settings.v2_timeout_s),
                             grpc.aio.insecure_channel(up.grpc, options=options))
             for domain, up in settings.v2_upstreams.items()
         }
         self.timeout_s = settings.v2_timeout_s
 
     async def close(self) -> None:
-        await self.http.close()
         for w in self.workers.values():
+            await w.http.close()
             await w.channel.close()
 
     def model(self, name: str, version: str | None = None) -> V2Model:
@@ -85,10 +86,9 @@ class V2Gateway:
     async def ready(self) -> bool:
         for w in self.workers.values():
             try:
-                async with self.http.get(f"{w.upstream.http}/v2/health/ready", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
-                    if r.status != 200:
-                        return False
-            except (aiohttp.ClientError, TimeoutError):
+                if (await w.http.request("GET", "/v2/health/ready", timeout_s=2.0)).status != 200:
+                    return False
+            except OSError:  # TimeoutError included
                 return False
         return True
 
@@ -98,11 +98,11 @@ class V2Gateway:
         try:
             async with w.http_breaker.guard():
                 try:
-                    async with self.http.request("GET" if body is None else "POST", w.upstream.http + path, data=body, headers=headers) as r:
-                        answer = Answer(r.status, await r.read(), {k: v for k in PASS_HEADERS if (v := r.headers.get(k)) is not None})
+                    r = await w.http.request("GET" if body is None else "POST", quote(path), body or b"", headers)
+                    answer = Answer(r.status, r.body, {k: v for k in PASS_HEADERS if (v := r.headers.get(k)) is not None})
                 except TimeoutError:
                     raise V2Error(504, f"the {w.domain} worker did not answer within {self.timeout_s:.0f}s") from None
-                except aiohttp.ClientError as e:
+                except OSError as e:
                     raise V2Error(503, f"the {w.domain} worker is unreachable ({type(e).__name__})", headers={"Retry-After": "1"}) from None
                 if answer.status >= 500:
                     raise _Failed(answer)

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
+from switchyard.common.http1 import Http1Client
 from switchyard.common.logs import setup_logging
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.common.v2.config import load_v2_config
@@ -26,6 +27,7 @@ from switchyard.worker_vision.dataplane import VisionDataPlane
 from switchyard.worker_vision.engines import make_backends
 from switchyard.worker_vision.preprocess import DaliPreprocessor
 from switchyard.worker_vision.settings import VisionSettings
+from switchyard.worker_vision.triton_shm import ShmPool
 from switchyard.worker_vision.workflows import VisionJobWorkflow
 
 log = logging.getLogger("switchyard.worker_vision")
@@ -36,7 +38,10 @@ async def main() -> None:
     setup_logging(settings.log_level)
     config = load_v2_config()
     triton = triton_http.InferenceServerClient(settings.triton_url, conn_timeout=settings.triton_timeout_s)
-    backends = make_backends(config.backends, settings.vision_model_dir, triton)
+    shm = ShmPool(triton, f"switchyard-{settings.task_queue}-{settings.vision_http_port}", settings.triton_shm_slots, settings.triton_shm_slot_bytes)
+    await shm.open()
+    triton_infer = Http1Client.for_url(settings.triton_url, timeout_s=settings.triton_timeout_s)
+    backends = make_backends(config.backends, settings.vision_model_dir, triton, triton_infer, shm)
     max_batch = max((m.max_batch_size for m in config.for_domain("vision")), default=32)
     preprocess = DaliPreprocessor(settings.vision_preprocess_device, max_batch=max_batch, threads=settings.vision_preprocess_threads)
     plane = VisionDataPlane(config, backends, preprocess, settings.vision_model_dir)
@@ -72,6 +77,8 @@ async def main() -> None:
     http.should_exit = True
     await http_task
     await rpc.stop(grace=2)
+    await shm.close()
+    await triton_infer.close()
     await triton.close()
     await redis.aclose()
     await db.dispose()

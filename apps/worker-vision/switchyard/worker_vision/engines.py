@@ -8,16 +8,21 @@ Either can sit behind any ``infer`` step of a V2 model (see switchyard.common.v2
 from __future__ import annotations
 
 import asyncio
+import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import numpy as np
 import onnxruntime as ort
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import Backend
 from switchyard.common.v2.errors import V2Error
+from switchyard.worker_vision.triton_shm import ShmPool
 
 
 class InferBackend(Protocol):
@@ -31,10 +36,16 @@ class InferBackend(Protocol):
 
 
 class TritonBackend:
-    def __init__(self, name: str, model: str, client: triton_http.InferenceServerClient) -> None:
+    """Inference requests go through ``http`` (lean, see switchyard.common.http1), everything else
+    (metadata, readiness) through tritonclient's own client."""
+
+    def __init__(self, name: str, model: str, client: triton_http.InferenceServerClient, http: Http1Client, shm: ShmPool | None = None) -> None:
         self.name = name
         self.model = model
         self._client = client
+        self._http = http
+        self._path = f"/v2/models/{quote(model)}/infer"
+        self._shm = shm
         self._io: tuple[str, str] | None = None
 
     async def _names(self) -> tuple[str, str]:
@@ -43,21 +54,46 @@ class TritonBackend:
             self._io = (meta["inputs"][0]["name"], meta["outputs"][0]["name"])
         return self._io
 
+    async def _call(self, batch: np.ndarray[Any, Any], shm_offset: int | None) -> np.ndarray[Any, Any]:
+        in_name, out_name = await self._names()
+        inp = triton_http.InferInput(in_name, list(batch.shape), np_to_triton_dtype(batch.dtype))
+        if shm_offset is None:
+            inp.set_data_from_numpy(batch, binary_data=True)
+        else:
+            assert self._shm is not None
+            inp.set_shared_memory(self._shm.name, batch.nbytes, offset=shm_offset)
+        body, json_size = triton_http.InferenceServerClient.generate_request_body([inp], outputs=[triton_http.InferRequestedOutput(out_name, binary_data=True)])
+        headers = {"Content-Type": "application/octet-stream"}
+        if json_size is not None:
+            headers["Inference-Header-Content-Length"] = str(json_size)
+        r = await self._http.request("POST", self._path, body, headers)
+        if r.status != 200:
+            try:
+                message = str(json.loads(r.body)["error"])
+            except (ValueError, KeyError, TypeError):
+                message = r.body[:200].decode("utf-8", "replace")
+            raise InferenceServerException(msg=message, status=str(r.status))
+        result = triton_http.InferenceServerClient.parse_response_body(r.body, header_length=r.headers.get("inference-header-content-length"))
+        out = result.as_numpy(out_name)
+        if out is None:
+            raise V2Error(503, f"backend {self.name}: Triton returned no '{out_name}'")
+        return np.asarray(out)
+
     async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         try:
-            in_name, out_name = await self._names()
-            inp = triton_http.InferInput(in_name, list(batch.shape), np_to_triton_dtype(batch.dtype))
-            inp.set_data_from_numpy(batch, binary_data=True)
-            result = await self._client.infer(self.model, [inp], outputs=[triton_http.InferRequestedOutput(out_name, binary_data=True)])
+            async with self._shm.slot(batch) if self._shm else nullcontext(None) as offset:
+                try:
+                    return await self._call(batch, offset)
+                except InferenceServerException as e:
+                    if offset is None or self._shm is None or "shared memory" not in str(e.message()):
+                        raise
+                    self._shm.invalidate()  # Triton restarted and forgot the region: send this one as a body
+                    return await self._call(batch, None)
         except InferenceServerException as e:
             status = int(e.status()) if str(e.status() or "").isdigit() else 503
             raise V2Error(400 if status == 400 else 503, f"backend {self.name} (Triton model {self.model}): {e.message()}") from None
         except (TimeoutError, OSError) as e:
             raise V2Error(503, f"backend {self.name}: Triton unreachable ({e!r})") from None
-        out = result.as_numpy(out_name)
-        if out is None:
-            raise V2Error(503, f"backend {self.name}: Triton returned no '{out_name}'")
-        return np.asarray(out)
 
     async def ready(self) -> bool:
         try:
@@ -91,11 +127,12 @@ class OnnxRuntimeBackend:
         pass
 
 
-def make_backends(backends: dict[str, Backend], model_dir: Path, triton: triton_http.InferenceServerClient) -> dict[str, InferBackend]:
+def make_backends(backends: dict[str, Backend], model_dir: Path, triton: triton_http.InferenceServerClient, http: Http1Client,
+                  shm: ShmPool | None = None) -> dict[str, InferBackend]:
     out: dict[str, InferBackend] = {}
     for name, b in backends.items():
         if b.engine == "triton":
-            out[name] = TritonBackend(name, b.model, triton)
+            out[name] = TritonBackend(name, b.model, triton, http, shm)
         else:
             path = model_dir / b.model
             if not path.exists():

@@ -17,6 +17,10 @@ class VisionSettings(CommonSettings):
     # Triton's HTTP endpoint (KServe V2 REST); the ``triton`` backends of the V2 models run there.
     triton_url: str = "127.0.0.1:8100"
     triton_timeout_s: float = Field(default=30.0, gt=0)
+    # Triton inputs through shared memory when Triton runs on this host (worker_vision/triton_shm.py):
+    # slots = requests in flight that can use it (0 turns it off); a slot holds a batch-1 input.
+    triton_shm_slots: int = Field(default=16, ge=0, le=1024)
+    triton_shm_slot_bytes: int = Field(default=1024 * 1024, ge=4096)
     # ONNX files and imagenet_labels.txt, as build-support/setup-vision.sh lays them out.
     vision_model_dir: Path = Path(".cache/switchyard/vision/models")
     # "auto": the GPU pipeline when a CUDA device is visible, else the CPU pipeline.
