@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -247,6 +248,34 @@ def test_grpc_errors(grpc_client: grpcclient.InferenceServerClient, images: list
 
 
 # ---------------------------------------------------------------- realtime lane: circuit breaker
+
+
+def test_worker_hands_triton_its_inputs_in_shared_memory_and_recovers_when_triton_forgets(http_client: httpclient.InferenceServerClient,
+                                                                                          stack: Stack) -> None:
+    """The worker registers one system shared memory region with Triton and writes each batch-1
+    tensor there (worker_vision/triton_shm.py); a Triton that lost the registration (restarted) gets
+    that request's tensor as a body, and the region again before the next one."""
+    triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.triton_http_port}")
+    region = f"switchyard-vision-{stack.cfg.vision_http_port}"
+    x = pixels(1, seed=7)
+    want = http_client.infer("efficientnet-lite0", [tensor_input(x)]).as_numpy("logits")
+    assert [r["name"] for r in triton.get_system_shared_memory_status()] == [region]
+    assert x.tobytes() in Path(f"/dev/shm/{region}").read_bytes(), "the tensor was not passed through the shared region"
+
+    triton.unregister_system_shared_memory(region)
+    assert triton.get_system_shared_memory_status() == []
+    np.testing.assert_allclose(http_client.infer("efficientnet-lite0", [tensor_input(x)]).as_numpy("logits"), want, rtol=1e-5)
+    x2 = pixels(1, seed=8)
+    http_client.infer("efficientnet-lite0", [tensor_input(x2)])
+    assert [r["name"] for r in triton.get_system_shared_memory_status()] == [region]
+    assert x2.tobytes() in Path(f"/dev/shm/{region}").read_bytes()
+    triton.close()
+
+
+def tensor_input(x: np.ndarray[Any, Any]) -> httpclient.InferInput:
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    return inp
 
 
 def test_breaker_opens_when_the_worker_dies_and_closes_when_it_is_back(stack: Stack, images: list[bytes]) -> None:
