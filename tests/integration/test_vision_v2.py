@@ -250,6 +250,24 @@ def test_grpc_errors(grpc_client: grpcclient.InferenceServerClient, images: list
 # ---------------------------------------------------------------- realtime lane: circuit breaker
 
 
+def test_worker_serves_grpc_directly_and_through_its_tunnel(stack: Stack, images: list[bytes]) -> None:
+    """The worker's own gRPC port (direct clients), and the HTTP tunnel the API forwards gRPC calls
+    through (POST /v2/grpc/{Method}, switchyard.common.v2.asgi): unknown methods and undecodable
+    messages are refused there, not crashed on."""
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.vision_grpc_port}")
+    assert top1(direct.infer("vision-classify", [image_input(grpcclient, images)])) == EXPECTED
+    expect_error(lambda: direct.infer("no-such-model", [image_input(grpcclient, images)]), "StatusCode.NOT_FOUND", "unknown model")
+    direct.close()
+    tunnel = f"http://127.0.0.1:{stack.cfg.vision_http_port}/v2/grpc"
+    with httpx.Client(timeout=30) as c:
+        live = c.post(f"{tunnel}/ServerLive", content=b"")
+        assert live.status_code == 200 and live.headers["content-type"] == "application/x-protobuf" and live.content == b"\x08\x01"  # live=true
+        unknown = c.post(f"{tunnel}/NoSuchMethod", content=b"")
+        assert unknown.status_code == 501 and "no method NoSuchMethod" in unknown.json()["error"]
+        garbage = c.post(f"{tunnel}/ModelInfer", content=b"\xff\xff\xff")
+        assert garbage.status_code == 400 and unknown.json().keys() == {"error"} and "malformed ModelInferRequest" in garbage.json()["error"]
+
+
 def test_worker_hands_triton_its_inputs_in_shared_memory_and_recovers_when_triton_forgets(http_client: httpclient.InferenceServerClient,
                                                                                           stack: Stack) -> None:
     """The worker registers one system shared memory region with Triton and writes each batch-1

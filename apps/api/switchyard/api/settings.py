@@ -8,10 +8,9 @@ from switchyard.common.settings import CommonSettings
 
 
 class V2Upstream(BaseModel):
-    """A domain worker's KServe V2 endpoints (realtime lane)."""
+    """A domain worker's KServe V2 endpoint (realtime lane; gRPC calls use its gRPC tunnel)."""
 
     http: str  # base URL, e.g. http://127.0.0.1:8110
-    grpc: str  # host:port
 
 
 class ApiSettings(CommonSettings):

@@ -46,7 +46,7 @@ def handlers(gateway: V2Gateway) -> grpc.GenericRpcHandler:
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             req = _parse(msg_type, raw)
             model = gateway.model(getattr(req, name_field), getattr(req, version_field) or None)
-            return await gateway.forward_grpc(model, f"/{SERVICE}/{method}", raw, context.time_remaining())
+            return await gateway.forward_grpc(model, method, raw, context.time_remaining())
 
         return call
 
@@ -67,8 +67,6 @@ def handlers(gateway: V2Gateway) -> grpc.GenericRpcHandler:
                 for k, v in e.headers.items():
                     context.set_trailing_metadata(((k.lower(), v),))
                 await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
-            except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or "")
             except Exception:
                 log.exception("gRPC call failed")
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")

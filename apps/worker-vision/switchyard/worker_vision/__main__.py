@@ -54,7 +54,7 @@ async def main() -> None:
     worker = Worker(client, task_queue=settings.task_queue, workflows=[VisionJobWorkflow], activities=[vision.classify, books.finish],
                     max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
 
-    http = uvicorn.Server(uvicorn.Config(v2_http.create_app(plane, settings.max_body_bytes), host=settings.vision_host, port=settings.vision_http_port,
+    http = uvicorn.Server(uvicorn.Config(v2_http.create_app(plane, settings.max_body_bytes, v2_grpc.tunnel(plane)), host=settings.vision_host, port=settings.vision_http_port,
                                          log_level="warning", access_log=False, lifespan="off"))
     rpc = grpc.aio.server()
     rpc.add_generic_rpc_handlers((v2_grpc.handlers(plane),))

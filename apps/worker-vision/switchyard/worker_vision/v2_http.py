@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Scope
 
-from switchyard.common.v2.asgi import error_response, infer_fast_path
+from switchyard.common.v2.asgi import TunnelHandler, error_response, infer_fast_path
 from switchyard.common.v2.errors import V2Error, error_body
 from switchyard.common.v2.rest import HEADER_LENGTH, encode_response, parse_request
 from switchyard.worker_vision.dataplane import VisionDataPlane
@@ -22,7 +22,7 @@ log = logging.getLogger("switchyard.worker_vision")
 SERVER = {"name": "switchyard-worker-vision", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
-def create_app(plane: VisionDataPlane, max_body_bytes: int) -> ASGIApp:
+def create_app(plane: VisionDataPlane, max_body_bytes: int, grpc_tunnel: TunnelHandler | None = None) -> ASGIApp:
     async def server_metadata(_: Request) -> Response:
         return JSONResponse(SERVER)
 
@@ -70,5 +70,5 @@ def create_app(plane: VisionDataPlane, max_body_bytes: int) -> ASGIApp:
         Route("/v2/models/{model}/ready", model_ready),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready),
     ]
-    # Infer requests skip Starlette's routing and middleware (switchyard.common.v2.asgi).
-    return infer_fast_path(Starlette(routes=routes), infer, max_body_bytes)
+    # Infer requests and gRPC tunnel calls skip Starlette's routing and middleware (switchyard.common.v2.asgi).
+    return infer_fast_path(Starlette(routes=routes), infer, max_body_bytes, grpc_tunnel)

@@ -282,7 +282,7 @@ class Stack:
                                                 "SWITCHYARD_VISION_MODEL_DIR": str(models.cache_dir() / "vision" / "models"),
                                                 "SWITCHYARD_VISION_HTTP_PORT": str(c.vision_http_port), "SWITCHYARD_VISION_GRPC_PORT": str(c.vision_grpc_port)},
                                                self._log("worker-vision"), http_ready(f"http://127.0.0.1:{c.vision_http_port}/v2/health/ready"), ready_timeout_s=120)
-            v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}", "grpc": f"127.0.0.1:{c.vision_grpc_port}"}
+            v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}"}
         api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams)}
         self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, **api_env, **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))

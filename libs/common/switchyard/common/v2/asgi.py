@@ -1,8 +1,14 @@
-"""The realtime lane's hot path as plain ASGI: ``POST /v2/models/{m}[/versions/{v}]/infer``.
+"""The realtime lane's hot path as plain ASGI: ``POST /v2/models/{m}[/versions/{v}]/infer``, and
+``POST /v2/grpc/{Method}`` (the gRPC tunnel, below).
 
 Routing, dependency injection and middleware stacks cost ~0.5 ms per request per process on this
 machine, a quarter of the lane's overhead budget; the API and the workers answer infer requests
 here and hand everything else to their framework app.
+
+The gRPC tunnel carries one ``inference.GRPCInferenceService`` call from the API to a worker over
+the same HTTP/1.1 hop as REST: the serialized request as the body, the serialized response back
+(``application/x-protobuf``), errors as V2 errors whose status the API maps to a gRPC code. A
+grpc.aio client in the API and server in the worker cost ~0.6 ms more per call (docs/vision.md).
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from switchyard.common.v2.errors import V2Error, error_body
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+GRPC_TUNNEL_PATH = re.compile(r"^/v2/grpc/(\w+)$")
+PROTOBUF = "application/x-protobuf"
 
 # (scope, model, version, body, request headers) → (status, body, response headers)
 InferHandler = Callable[[Scope, str, str | None, bytes, dict[str, str]], Awaitable[tuple[int, bytes, dict[str, str]]]]
+# (gRPC method name, serialized request) → serialized response
+TunnelHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 
 def error_response(e: V2Error) -> Response:
@@ -50,12 +60,16 @@ async def respond(send: Send, status: int, body: bytes, headers: dict[str, str])
     await send({"type": "http.response.body", "body": body})
 
 
-def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int) -> ASGIApp:
-    """``app`` with V2 infer requests answered by ``handler`` (V2 errors become ``{"error": ...}``)."""
+def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel: TunnelHandler | None = None) -> ASGIApp:
+    """``app`` with V2 infer requests answered by ``handler`` and, when given, gRPC tunnel calls by
+    ``tunnel`` (V2 errors become ``{"error": ...}``)."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        match = INFER_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if match is None:
+        infer = tunneled = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            infer = INFER_PATH.match(scope["path"])
+            tunneled = GRPC_TUNNEL_PATH.match(scope["path"]) if infer is None and tunnel is not None else None
+        if infer is None and tunneled is None:
             await app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -66,10 +80,14 @@ def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int) -> ASGI
             if int(declared) > max_bytes:
                 raise V2Error(413, f"request body exceeds {max_bytes} bytes")
             body = await read_body(receive, max_bytes)
-            if not body:
-                raise V2Error(400, "empty inference request")
-            version = unquote(match[2]) if match[2] else None
-            status, out, out_headers = await handler(scope, unquote(match[1]), version, body, headers)
+            if infer is not None:
+                if not body:
+                    raise V2Error(400, "empty inference request")
+                version = unquote(infer[2]) if infer[2] else None
+                status, out, out_headers = await handler(scope, unquote(infer[1]), version, body, headers)
+            else:
+                assert tunnel is not None and tunneled is not None
+                status, out, out_headers = 200, await tunnel(tunneled[1], body), {"content-type": PROTOBUF}
         except V2Error as e:
             status, out, out_headers = e.status, error_body(e.message), {"content-type": "application/json", **e.headers}
         await respond(send, status, out, out_headers)
