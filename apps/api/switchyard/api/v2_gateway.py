@@ -10,7 +10,6 @@ through the worker's gRPC tunnel (switchyard.common.v2.asgi). Only failures of t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -20,7 +19,7 @@ from switchyard.common.breaker import Breaker, BreakerOpen
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.asgi import PROTOBUF
 from switchyard.common.v2.config import V2Config, V2Model
-from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.errors import V2Error, error_message
 
 # Headers of a V2 answer that travel back to the client.
 PASS_HEADERS = ("content-type", "inference-header-content-length")
@@ -110,8 +109,4 @@ class V2Gateway:
         answer = await self.forward_http(model, f"/v2/grpc/{method}", request, {"content-type": PROTOBUF}, timeout_s)
         if answer.status == 200:
             return answer.body
-        try:
-            message = str(json.loads(answer.body)["error"])
-        except (ValueError, KeyError, TypeError):
-            message = f"the {model.domain} worker answered HTTP {answer.status}"
-        raise V2Error(answer.status, message)
+        raise V2Error(answer.status, error_message(answer.body, f"the {model.domain} worker answered HTTP {answer.status}"))

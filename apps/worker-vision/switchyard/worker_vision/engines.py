@@ -8,7 +8,6 @@ Either can sit behind any ``infer`` step of a V2 model (see switchyard.common.v2
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +20,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import Backend
-from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.errors import V2Error, error_message
 from switchyard.worker_vision.triton_shm import ShmPool
 
 
@@ -68,11 +67,7 @@ class TritonBackend:
             headers["Inference-Header-Content-Length"] = str(json_size)
         r = await self._http.request("POST", self._path, body, headers)
         if r.status != 200:
-            try:
-                message = str(json.loads(r.body)["error"])
-            except (ValueError, KeyError, TypeError):
-                message = r.body[:200].decode("utf-8", "replace")
-            raise InferenceServerException(msg=message, status=str(r.status))
+            raise InferenceServerException(msg=error_message(r.body, r.body[:200].decode("utf-8", "replace")), status=str(r.status))
         result = triton_http.InferenceServerClient.parse_response_body(r.body, header_length=r.headers.get("inference-header-content-length"))
         out = result.as_numpy(out_name)
         if out is None:

@@ -25,3 +25,11 @@ class V2Error(Exception):
 
 def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
+
+
+def error_message(body: bytes, fallback: str) -> str:
+    """The message of a V2 error body (``{"error": "..."}``, as Triton and Switchyard answer), else ``fallback``."""
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return fallback
