@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.stack import Stack
@@ -54,6 +54,16 @@ def image_input(module: Any, images: list[bytes]) -> Any:
         inp.set_data_from_numpy(data, binary_data=True)
     else:
         inp.set_data_from_numpy(data)
+    return inp
+
+
+def tensor_input(module: Any, x: np.ndarray[Any, Any], binary: bool = True) -> Any:
+    """``x`` as the bare network's ``input`` tensor (HTTP: binary or JSON data)."""
+    inp = module.InferInput("input", list(x.shape), np_to_triton_dtype(x.dtype))
+    if module is httpclient:
+        inp.set_data_from_numpy(x, binary_data=binary)
+    else:
+        inp.set_data_from_numpy(x)
     return inp
 
 
@@ -143,13 +153,9 @@ def test_json_and_binary_tensors_give_the_same_logits_on_both_protocols(http_cli
     x = pixels()
     results = []
     for binary in (False, True):
-        inp = httpclient.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x, binary_data=binary)
-        r = http_client.infer("efficientnet-lite0", [inp], outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)])
+        r = http_client.infer("efficientnet-lite0", [tensor_input(httpclient, x, binary)], outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)])
         results.append(r.as_numpy("logits"))
-    ginp = grpcclient.InferInput("input", list(x.shape), "FP32")
-    ginp.set_data_from_numpy(x)
-    results.append(grpc_client.infer("efficientnet-lite0", [ginp]).as_numpy("logits"))
+    results.append(grpc_client.infer("efficientnet-lite0", [tensor_input(grpcclient, x)]).as_numpy("logits"))
     assert results[0].shape == (1, 1000)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(results[1], results[2], rtol=0, atol=0)
@@ -168,16 +174,13 @@ def test_http_errors(http_client: httpclient.InferenceServerClient, images: list
     expect_error(lambda: http_client.get_model_metadata("vision-classify", model_version="7"), "404", "no version")
     expect_error(lambda: http_client.infer("no-such-model", [image_input(httpclient, images[:1])]), "404", "unknown model")
 
-    wrong_shape = httpclient.InferInput("input", [1, 3, 100, 100], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    wrong_shape = tensor_input(httpclient, np.zeros((1, 3, 100, 100), np.float32))
     expect_error(lambda: http_client.infer("efficientnet-lite0", [wrong_shape]), "400", "does not match [-1, 3, 224, 224]")
 
-    wrong_type = httpclient.InferInput("input", [1, 3, 224, 224], "FP64")
-    wrong_type.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float64))
+    wrong_type = tensor_input(httpclient, np.zeros((1, 3, 224, 224), np.float64))
     expect_error(lambda: http_client.infer("efficientnet-lite0", [wrong_type]), "400", "datatype FP64, model 'efficientnet-lite0' expects FP32")
 
-    count = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
-    count.set_data_from_numpy(pixels())
+    count = tensor_input(httpclient, pixels())
     count.set_shape([1, 3, 224, 223])  # the binary data no longer matches the declared shape
     expect_error(lambda: http_client.infer("efficientnet-lite0", [count]), "400", "needs 599424 bytes, got 602112")
 
@@ -189,8 +192,7 @@ def test_http_errors(http_client: httpclient.InferenceServerClient, images: list
     expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, images[1:] * 33)]), "400", "takes 1 to 32")
     expect_error(lambda: http_client.infer("vision-classify", [image_input(httpclient, images[:1])], parameters={"top_k": 0}), "400", "top_k")
 
-    too_big = httpclient.InferInput("input", [20, 3, 224, 224], "FP32")  # 12 MB: over the 10 MB body limit
-    too_big.set_data_from_numpy(pixels(20))
+    too_big = tensor_input(httpclient, pixels(20))  # 12 MB: over the 10 MB body limit
     expect_error(lambda: http_client.infer("efficientnet-lite0", [too_big]), "413", "request body exceeds")
 
 
@@ -226,24 +228,20 @@ def test_grpc_errors(grpc_client: grpcclient.InferenceServerClient, images: list
     expect_error(lambda: grpc_client.get_model_metadata("no-such-model"), "StatusCode.NOT_FOUND", "unknown model")
     expect_error(lambda: grpc_client.infer("no-such-model", [image_input(grpcclient, images[:1])]), "StatusCode.NOT_FOUND", "unknown model")
 
-    wrong_shape = grpcclient.InferInput("input", [1, 3, 100, 100], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    wrong_shape = tensor_input(grpcclient, np.zeros((1, 3, 100, 100), np.float32))
     expect_error(lambda: grpc_client.infer("efficientnet-lite0", [wrong_shape]), "StatusCode.INVALID_ARGUMENT", "does not match")
 
-    wrong_type = grpcclient.InferInput("input", [1, 3, 224, 224], "FP64")
-    wrong_type.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float64))
+    wrong_type = tensor_input(grpcclient, np.zeros((1, 3, 224, 224), np.float64))
     expect_error(lambda: grpc_client.infer("efficientnet-lite0", [wrong_type]), "StatusCode.INVALID_ARGUMENT", "expects FP32")
 
-    count = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
-    count.set_data_from_numpy(pixels())
+    count = tensor_input(grpcclient, pixels())
     count.set_shape([1, 3, 224, 223])
     expect_error(lambda: grpc_client.infer("efficientnet-lite0", [count]), "StatusCode.INVALID_ARGUMENT", "needs 599424 bytes, got 602112")
 
     expect_error(lambda: grpc_client.infer("vision-classify", [image_input(grpcclient, [b"\xff\xd8 broken"])]), "StatusCode.INVALID_ARGUMENT",
                  "could not be decoded")
 
-    too_big = grpcclient.InferInput("input", [20, 3, 224, 224], "FP32")
-    too_big.set_data_from_numpy(pixels(20))
+    too_big = tensor_input(grpcclient, pixels(20))
     expect_error(lambda: grpc_client.infer("efficientnet-lite0", [too_big]), "StatusCode.RESOURCE_EXHAUSTED", "")
 
 
@@ -276,24 +274,18 @@ def test_worker_hands_triton_its_inputs_in_shared_memory_and_recovers_when_trito
     triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.triton_http_port}")
     region = f"switchyard-vision-{stack.cfg.vision_http_port}"
     x = pixels(1, seed=7)
-    want = http_client.infer("efficientnet-lite0", [tensor_input(x)]).as_numpy("logits")
+    want = http_client.infer("efficientnet-lite0", [tensor_input(httpclient, x)]).as_numpy("logits")
     assert [r["name"] for r in triton.get_system_shared_memory_status()] == [region]
     assert x.tobytes() in Path(f"/dev/shm/{region}").read_bytes(), "the tensor was not passed through the shared region"
 
     triton.unregister_system_shared_memory(region)
     assert triton.get_system_shared_memory_status() == []
-    np.testing.assert_allclose(http_client.infer("efficientnet-lite0", [tensor_input(x)]).as_numpy("logits"), want, rtol=1e-5)
+    np.testing.assert_allclose(http_client.infer("efficientnet-lite0", [tensor_input(httpclient, x)]).as_numpy("logits"), want, rtol=1e-5)
     x2 = pixels(1, seed=8)
-    http_client.infer("efficientnet-lite0", [tensor_input(x2)])
+    http_client.infer("efficientnet-lite0", [tensor_input(httpclient, x2)])
     assert [r["name"] for r in triton.get_system_shared_memory_status()] == [region]
     assert x2.tobytes() in Path(f"/dev/shm/{region}").read_bytes()
     triton.close()
-
-
-def tensor_input(x: np.ndarray[Any, Any]) -> httpclient.InferInput:
-    inp = httpclient.InferInput("input", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=True)
-    return inp
 
 
 def test_breaker_opens_when_the_worker_dies_and_closes_when_it_is_back(stack: Stack, images: list[bytes]) -> None:

@@ -108,11 +108,11 @@ class Http1Client:
         self._timeout_s = timeout_s
 
     @classmethod
-    def for_url(cls, url: str, **kw: float) -> Http1Client:
+    def for_url(cls, url: str, *, timeout_s: float | None = None) -> Http1Client:
         """``http://host:port`` or ``host:port``."""
         netloc = url.removeprefix("http://").split("/", 1)[0]
         host, _, port = netloc.rpartition(":")
-        return cls(host, int(port), **kw)  # type: ignore[arg-type]
+        return cls(host, int(port), timeout_s=timeout_s)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
