@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from httpx_sse import connect_sse
 
-from switchyard.common.model_registry import Endpoint, ModelRegistry
+from switchyard.common.model_registry import Endpoint
 from switchyard.devstack.client import llm_job
 from switchyard.devstack.stack import LLM_MODEL, VLLM_MODEL, Stack
 from switchyard_bench.stats import save, summarize, table
@@ -74,7 +74,7 @@ def _measure(probe: Probe, n: int, workers: int) -> tuple[list[float], list[floa
 
 
 def run(stack: Stack, n: int = 60) -> None:
-    registry = ModelRegistry.load(stack.cfg.state_dir / "models.json")
+    registry = stack.catalog().registry
     engines = [("llama.cpp", LLM_MODEL)] + ([("vLLM", VLLM_MODEL)] if stack.cfg.vllm else [])
     rows, decode = [], {}
     for label, model in engines:

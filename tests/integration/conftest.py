@@ -4,6 +4,7 @@ pytest process."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -29,6 +30,8 @@ BREAKER_FAIL_MAX = 3
 BREAKER_RESET_S = 2.0
 
 FALLBACK_MODEL = "smollm2-with-fallback"
+# Catalog overlay (in the stack's state folder) that test_catalog.py rewrites and reloads.
+RELOAD_OVERLAY = "catalog-reload.yaml"
 
 
 def fallback_model(engine_port: int) -> dict[str, object]:
@@ -62,7 +65,11 @@ def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
     cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True,
                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING), "SWITCHYARD_API_KEY_TIERS": '{"sk-gold": "high", "sk-free": "low"}',
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
-    cfg.extra_models.append(fallback_model(cfg.engine_port))
+    # Tests add their own models through catalog overlays: the fallback model, and a file the reload
+    # tests rewrite (empty until then).
+    (state / "catalog-tests.json").write_text(json.dumps({"models": [fallback_model(cfg.engine_port)]}))
+    (state / RELOAD_OVERLAY).write_text("models: []\n")
+    cfg.catalog_overlays += [state / "catalog-tests.json", state / RELOAD_OVERLAY]
     s = Stack(cfg)
     s.start()
     try:

@@ -15,7 +15,6 @@ import openai
 import pytest
 
 from switchyard.common.engines.factory import engine_for
-from switchyard.common.model_registry import ModelRegistry
 from switchyard.devstack.client import JobClient
 from switchyard.devstack.stack import EMBED_MODEL, GEMMA_MODEL, LLM_MODEL, SGLANG_MODEL, VLLM_MODEL, Stack
 
@@ -89,7 +88,7 @@ def test_fallback_to_the_next_endpoint(oai: openai.OpenAI, client: JobClient) ->
 
 def test_engine_native_parts(stack: Stack) -> None:
     """Health, load metrics and token counting through each adapter, against the running engines."""
-    registry = ModelRegistry.load(stack.cfg.state_dir / "models.json")
+    registry = stack.catalog().registry
     assert stack.cfg.vllm, "vLLM is not installed: run build-support/setup-vllm.sh (./switchyard setup does)"
 
     async def probe() -> None:

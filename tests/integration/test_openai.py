@@ -13,7 +13,6 @@ import openai
 import pytest
 
 from switchyard.common.engines.factory import engine_for
-from switchyard.common.model_registry import ModelRegistry
 from switchyard.devstack.client import LLM_MODEL, JobClient, llm_job
 from switchyard.devstack.stack import VLLM_MODEL, Stack
 
@@ -162,7 +161,7 @@ def test_invalid_utf8_and_unknown_model(stack: Stack, oai: openai.OpenAI) -> Non
 
 def _engine_busy(stack: Stack, model: str) -> float:
     """Requests the model's engine is generating right now, by the engine's own metrics."""
-    endpoint = ModelRegistry.load(stack.cfg.state_dir / "models.json").get(model).endpoints[0]  # type: ignore[union-attr]
+    endpoint = stack.catalog().registry.get(model).endpoints[0]  # type: ignore[union-attr]
 
     async def running() -> float:
         async with httpx.AsyncClient() as http:

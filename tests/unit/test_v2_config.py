@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from switchyard.common.catalog import build_catalog
 from switchyard.common.v2.config import V2Config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ GOOD = [
 
 
 def test_the_shipped_model_file_is_valid() -> None:
-    cfg = V2Config.load(REPO / "infra" / "v2" / "models.yaml")
+    cfg = build_catalog([REPO / "infra" / "catalog" / "models.yaml"], env={}).v2
     names = {m.name for m in cfg.models}
     assert {"vision-classify", "vision-classify-fp32-int8", "vision-classify-onnxruntime", "efficientnet-lite0"} <= names
     classify = cfg.get("vision-classify")

@@ -8,6 +8,7 @@ import uvicorn
 
 from switchyard.api.app import create_app
 from switchyard.api.settings import ApiSettings
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.logs import setup_logging
 
 
@@ -19,7 +20,8 @@ def main() -> None:
         print(f"switchyard-api ok: would listen on {settings.api_host}:{settings.api_port}")
         return
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
+    catalog = CatalogHolder.load_or_exit("switchyard-api")
+    uvicorn.run(create_app(settings, catalog), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)
 
 

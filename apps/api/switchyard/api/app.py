@@ -15,19 +15,19 @@ from switchyard.api.deps import Resources
 from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2_gateway import V2Gateway
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
-from switchyard.common.model_registry import load_registry
 from switchyard.common.temporal import connect
-from switchyard.common.v2.config import load_v2_config
 
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None, catalog: CatalogHolder | None = None) -> FastAPI:
     settings = settings or ApiSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = load_registry()
+        models = catalog or CatalogHolder.load()  # a bad catalog stops the API, naming file, model and field
+        models.reload_on_sighup()
         db = make_engine(settings.postgres_dsn)
         redis = make_redis(settings.redis_url)
         temporal = await connect(settings)
@@ -36,9 +36,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         dispatcher = Dispatcher(store, bus, temporal)
         dispatcher.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
-        v2 = V2Gateway(settings, load_v2_config())
+        v2 = V2Gateway(settings, models)
         grpc_server = await v2_grpc.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes)
-        app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, registry=registry,
+        app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=models,
                                         dispatcher=dispatcher, http=http, v2=v2, started_at=int(time.time()))
         yield
         await grpc_server.stop(grace=2)

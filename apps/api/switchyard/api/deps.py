@@ -1,4 +1,4 @@
-"""Process-wide resources (database, Redis, Temporal, registry), created in the app's lifespan."""
+"""Process-wide resources (database, Redis, Temporal, model catalog), created in the app's lifespan."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from temporalio.client import Client
 from switchyard.api.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2_gateway import V2Gateway
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 from switchyard.common.model_registry import ModelRegistry
@@ -25,13 +26,19 @@ class Resources:
     redis: Redis
     bus: EventBus
     temporal: Client
-    registry: ModelRegistry
+    # Reloaded on SIGHUP: read it per request, never keep a model across requests.
+    catalog: CatalogHolder
     dispatcher: Dispatcher
     # Client for engines the API calls itself (token counting, embeddings).
     http: httpx.AsyncClient
     # KServe V2 realtime lane (models, worker endpoints, breakers).
     v2: V2Gateway
     started_at: int
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The LLM models of the catalog now."""
+        return self.catalog.current.registry
 
 
 def _resources(request: Request) -> Resources:

@@ -39,7 +39,7 @@ INLINE_INPUT_MAX_BYTES = 128 * 1024
 def spec_of(job: Job) -> JobSpec:
     inline = len(json.dumps(job.input, separators=(",", ":"))) <= INLINE_INPUT_MAX_BYTES
     return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=job.input if inline else None, priority_key=job.priority,
-                   accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000)
+                   accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000, model_spec=job.model_spec)
 
 
 class Dispatcher:

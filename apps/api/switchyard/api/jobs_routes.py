@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
-from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_image_model, find_model, header_priority
+from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_model, header_priority
 from switchyard.api.jobs_views import JobAccepted, JobPage, JobView
 from switchyard.common.contracts import JobCreate, JobStatus
 from switchyard.common.db.models import Job
@@ -44,10 +44,8 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     x_priority: Annotated[str | None, Header()] = None,
 ) -> JobAccepted:
-    if job.domain == "vision":
-        find_image_model(res, job.model)
-    else:
-        find_model(res, job.model, job.domain)
+    # Vision jobs send images: the model must be an image classifier (switchyard.common.v2.config).
+    find_model(res, job.model, job.domain, "classifier" if job.domain == "vision" else None)
     prio = priority_key(job.priority if job.priority is not None else header_priority(x_priority))
     await admit(res, job.model)
     t_db = time.perf_counter()

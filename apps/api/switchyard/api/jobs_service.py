@@ -17,6 +17,7 @@ from switchyard.common.contracts import JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import PriorityValue
+from switchyard.common.v2.config import V2Model
 
 RPC_TIMEOUT = dt.timedelta(seconds=5)
 
@@ -40,19 +41,19 @@ def key_priority(res: Resources, authorization: str | None) -> PriorityValue | N
     return res.settings.api_key_tiers.get(authorization[7:].strip())
 
 
-def find_model(res: Resources, name: str, domain: str, kind: str | None = None) -> ModelEntry:
-    entry = res.registry.get(name)
-    if entry is None or entry.domain != domain or (kind is not None and entry.kind != kind):
+def find_model(res: Resources, name: str, domain: str, kind: str | None = None) -> ModelEntry | V2Model:
+    """The catalog's model for new work of this domain (and kind), or 404."""
+    m = res.catalog.current.model(name)
+    if m is None or m.domain != domain or (kind is not None and m.kind != kind):
         what = f"{kind} model" if kind else f"model for domain {domain!r}"
         raise ApiError(404, "model_not_found", f"The model {name!r} does not exist or is not a {what}", param="model")
-    return entry
+    return m
 
 
-def find_image_model(res: Resources, name: str) -> None:
-    """Vision jobs name a V2 image classifier (switchyard.common.v2.config), e.g. ``vision-classify``."""
-    m = res.v2.config.get(name)
-    if m is None or m.domain != "vision" or m.image_input() is None:
-        raise ApiError(404, "model_not_found", f"The model {name!r} does not exist or is not an image classifier", param="model")
+def find_llm_model(res: Resources, name: str, kind: str) -> ModelEntry:
+    m = find_model(res, name, "llm", kind)
+    assert isinstance(m, ModelEntry)  # the catalog declares every llm model as a ModelEntry
+    return m
 
 
 async def admit(res: Resources, model: str) -> None:
@@ -68,7 +69,7 @@ async def accept_job(res: Resources, *, domain: str, model: str, input: dict[str
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     row, created = await res.store.create(
         {"id": uuid.uuid4(), "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
-         "input": input, "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash}
+         "input": input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash}
     )
     if created:
         res.dispatcher.dispatch_soon(row)

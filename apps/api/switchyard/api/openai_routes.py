@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
-from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_model, header_priority, key_priority
+from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_llm_model, header_priority, key_priority
 from switchyard.api.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from switchyard.common.contracts import JobStatus, LlmInput
 from switchyard.common.db.models import Job
@@ -43,18 +43,23 @@ _TEMPLATE_TOKENS_PER_MESSAGE, _TEMPLATE_TOKENS = 8, 16
 # ------------------------------------------------------------------ models
 
 
-def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
-    return {"id": entry.name, "object": "model", "created": created, "owned_by": entry.owned_by}
+def _model_cards(res: Resources) -> dict[str, dict[str, Any]]:
+    """Every model of the catalog, every domain (V2 models too: their name is what jobs use)."""
+    owners = {m.name: m.owned_by for m in res.registry.models} | {m.name: "switchyard" for m in res.v2.config.models}
+    return {name: {"id": name, "object": "model", "created": res.started_at, "owned_by": owner} for name, owner in owners.items()}
 
 
 @router.get("/models")
 async def list_models(res: Res) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(m, res.started_at) for m in res.registry.models if m.domain == "llm"]}
+    return {"object": "list", "data": list(_model_cards(res).values())}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(res: Res, model_id: str) -> dict[str, Any]:
-    return _model_card(find_model(res, model_id, "llm"), res.started_at)
+    card = _model_cards(res).get(model_id)
+    if card is None:
+        raise ApiError(404, "model_not_found", f"The model {model_id!r} does not exist", param="model")
+    return card
 
 
 # ------------------------------------------------------------------ admission
@@ -300,7 +305,7 @@ async def chat_completions(
     res: Res, request: Request, body: ChatCompletionRequest,
     x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
 ) -> Any:
-    entry = find_model(res, body.model, "llm", "chat")
+    entry = find_llm_model(res, body.model, "chat")
     inp = _llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
     job = await _start(res, entry, inp, x_priority, authorization, body.user)
     return await _respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage), request, body.stream)
@@ -311,7 +316,7 @@ async def completions(
     res: Res, request: Request, body: CompletionRequest,
     x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
 ) -> Any:
-    entry = find_model(res, body.model, "llm", "chat")
+    entry = find_llm_model(res, body.model, "chat")
     job = await _start(res, entry, _llm_input(body.llm_input, entry, body.max_tokens), x_priority, authorization, body.user)
     return await _respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage), request, body.stream)
 
@@ -319,7 +324,7 @@ async def completions(
 @router.post("/embeddings")
 async def embeddings(res: Res, body: EmbeddingRequest) -> dict[str, Any]:
     """Embeddings are a short synchronous call (realtime lane): no job, no workflow."""
-    entry = find_model(res, body.model, "llm", "embedding")
+    entry = find_llm_model(res, body.model, "embedding")
     last: Exception | None = None
     for endpoint in entry.endpoints:
         try:

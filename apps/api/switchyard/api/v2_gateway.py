@@ -1,6 +1,6 @@
 """The realtime lane: KServe V2 requests forwarded to the worker that owns the model.
 
-Models come from the shared V2 model file (switchyard.common.v2.config); each domain's worker has
+Models come from the model catalog (switchyard.common.catalog, reloadable); each domain's worker has
 one V2 HTTP endpoint (``SWITCHYARD_V2_UPSTREAMS``) behind one circuit breaker. REST bodies pass
 through untouched (the worker validates and answers in V2 form); gRPC calls travel the same hop
 through the worker's gRPC tunnel (switchyard.common.v2.asgi). Only failures of the worker
@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from switchyard.api.settings import ApiSettings
 from switchyard.common.breaker import Breaker, BreakerOpen
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.asgi import PROTOBUF
 from switchyard.common.v2.config import V2Config, V2Model
@@ -52,14 +53,18 @@ def unavailable(e: BreakerOpen) -> V2Error:
 
 
 class V2Gateway:
-    def __init__(self, settings: ApiSettings, config: V2Config) -> None:
-        self.config = config
+    def __init__(self, settings: ApiSettings, catalog: CatalogHolder) -> None:
+        self.catalog = catalog
         self.workers = {
             domain: _Worker(domain, Breaker(f"{domain} worker", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
                             Http1Client.for_url(up.http, timeout_s=settings.v2_timeout_s))
             for domain, up in settings.v2_upstreams.items()
         }
         self.timeout_s = settings.v2_timeout_s
+
+    @property
+    def config(self) -> V2Config:
+        return self.catalog.current.v2
 
     async def close(self) -> None:
         for w in self.workers.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.api.deps import Res
@@ -13,6 +14,12 @@ from switchyard.common.v2.asgi import error_response, infer_fast_path
 from switchyard.common.v2.errors import V2Error
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+
+class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ready: bool = False
+
 
 SERVER_METADATA = {"name": "switchyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
@@ -30,6 +37,26 @@ async def live() -> Response:
 @router.get("/health/ready")
 async def ready(res: Res) -> Response:
     return Response(status_code=200 if await res.v2.ready() else 503)
+
+
+@router.post("/repository/index")
+async def repository_index(res: Res, request: Request) -> Response:
+    """Triton's model repository index (``get_model_repository_index``): the catalog's V2 models,
+    READY where a worker serves their domain. Body: optional ``{"ready": true}`` to list only those."""
+    raw = await request.body()
+    try:
+        ready_only = RepositoryIndexRequest.model_validate_json(raw or b"{}").ready
+    except ValidationError as e:
+        return error_response(V2Error(400, f"invalid repository index request: {e.errors()[0]['msg']}"))
+    index = []
+    for m in res.v2.config.models:
+        served = m.domain in res.v2.workers
+        if ready_only and not served:
+            continue
+        for version in m.versions:
+            index.append({"name": m.name, "version": version, "state": "READY" if served else "UNAVAILABLE",
+                          "reason": "" if served else f"no worker serves domain '{m.domain}'"})
+    return JSONResponse(index)
 
 
 @router.get("/models/{model}")

@@ -11,10 +11,10 @@ import httpx
 from temporalio.worker import Worker
 
 from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.logs import setup_logging
-from switchyard.common.model_registry import load_registry
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.settings import WorkerSettings
@@ -26,13 +26,13 @@ log = logging.getLogger("switchyard.worker_llm")
 async def main() -> None:
     settings = WorkerSettings()
     setup_logging(settings.log_level)
-    registry = load_registry()
+    catalog = CatalogHolder.load_or_exit("switchyard-worker-llm")
     client = await connect(settings)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
     books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256))
-    llm = LlmActivities(books, registry, http)
+    llm = LlmActivities(books, catalog, http)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
@@ -45,7 +45,8 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, "models": [m.name for m in registry.models if m.domain == "llm"]}})
+    catalog.reload_on_sighup()
+    log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, "models": [m.name for m in catalog.current.registry.models]}})
     async with worker:
         await stop.wait()
         log.info("shutting down: no new tasks, in-flight ones get the grace period")

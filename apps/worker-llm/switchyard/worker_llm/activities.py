@@ -11,10 +11,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.catalog import CatalogHolder
 from switchyard.common.contracts import JobSpec, LlmChoice, LlmGeneration, LlmInput, Timings, Usage
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import engine_for
-from switchyard.common.model_registry import ModelEntry, ModelRegistry
+from switchyard.common.model_registry import ModelEntry
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.publisher import TokenPublisher
 
@@ -26,15 +27,21 @@ def job_seed(job_id: str, given: int | None, choice: int) -> int:
 
 
 class LlmActivities:
-    def __init__(self, books: JobBookkeeping, registry: ModelRegistry, http: httpx.AsyncClient) -> None:
+    def __init__(self, books: JobBookkeeping, catalog: CatalogHolder, http: httpx.AsyncClient) -> None:
         self.books = books
-        self.registry = registry
+        self.catalog = catalog
         self.http = http
+
+    def model(self, spec: JobSpec) -> ModelEntry | None:
+        """The model as accepted (the job's catalog snapshot), else as the catalog declares it now."""
+        if spec.model_spec and "llm" in spec.model_spec:
+            return ModelEntry.model_validate(spec.model_spec["llm"])
+        return self.catalog.current.registry.get(spec.model)
 
     @activity.defn(name="llm.generate")
     async def generate(self, spec: JobSpec) -> LlmGeneration:
         started = time.time()
-        entry = self.registry.get(spec.model)
+        entry = self.model(spec)
         if entry is None or entry.domain != "llm" or entry.kind != "chat":
             raise ApplicationError(f"model {spec.model!r} is not served by this worker", type="UnknownModel", non_retryable=True)
         inp = LlmInput.model_validate(await self.books.job_input(spec))

@@ -15,12 +15,12 @@ import uvloop
 from temporalio.worker import Worker
 
 from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.catalog import Catalog, CatalogError, CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.http1 import Http1Client
 from switchyard.common.logs import setup_logging
 from switchyard.common.temporal import WORKER_OPTIONS, connect
-from switchyard.common.v2.config import load_v2_config
 from switchyard.worker_vision import v2_grpc, v2_http
 from switchyard.worker_vision.activities import VisionActivities
 from switchyard.worker_vision.dataplane import VisionDataPlane
@@ -36,7 +36,8 @@ log = logging.getLogger("switchyard.worker_vision")
 async def main() -> None:
     settings = VisionSettings()
     setup_logging(settings.log_level)
-    config = load_v2_config()
+    catalog = CatalogHolder.load_or_exit("switchyard-worker-vision")
+    config = catalog.current.v2
     triton = triton_http.InferenceServerClient(settings.triton_url, conn_timeout=settings.triton_timeout_s)
     shm = ShmPool(triton, f"switchyard-{settings.task_queue}-{settings.vision_http_port}", settings.triton_shm_slots, settings.triton_shm_slot_bytes)
     await shm.open()
@@ -45,6 +46,16 @@ async def main() -> None:
     max_batch = max((m.max_batch_size for m in config.for_domain("vision")), default=32)
     preprocess = DaliPreprocessor(settings.vision_preprocess_device, max_batch=max_batch, threads=settings.vision_preprocess_threads)
     plane = VisionDataPlane(config, backends, preprocess, settings.vision_model_dir)
+
+    def serve(new: Catalog) -> None:
+        """A reloaded catalog: new backends are opened before its models are served."""
+        try:
+            added = make_backends({n: b for n, b in new.v2.backends.items() if n not in plane.backends}, settings.vision_model_dir, triton, triton_infer, shm)
+            plane.update(new.v2, added)
+        except FileNotFoundError as e:
+            raise CatalogError(str(e)) from None
+
+    catalog.listeners.append(serve)
 
     client = await connect(settings)
     db = make_engine(settings.postgres_dsn)
@@ -66,6 +77,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    catalog.reload_on_sighup()
     while not http.started:
         await asyncio.sleep(0.05)
     log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, "models": sorted(plane.models), "preprocess": preprocess.device,

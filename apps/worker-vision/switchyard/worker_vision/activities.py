@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.contracts import JobSpec, Prediction, Timings, VisionClassification, VisionInput
 from switchyard.common.temporal import heartbeating
+from switchyard.common.v2.config import V2Model
 from switchyard.common.v2.errors import V2Error
 from switchyard.common.v2.tensors import InferRequest, Tensor
 from switchyard.worker_vision.dataplane import VisionDataPlane
@@ -32,9 +33,10 @@ class VisionActivities:
     @activity.defn(name="vision.classify")
     async def classify(self, spec: JobSpec) -> VisionClassification:
         started = time.time()
-        model = self.plane.models.get(spec.model)
+        # The model as accepted (the job's catalog snapshot), else as the worker serves it now.
+        model = V2Model.model_validate(spec.model_spec["v2"]) if spec.model_spec and "v2" in spec.model_spec else self.plane.models.get(spec.model)
         image_input = model.image_input() if model else None
-        if model is None or image_input is None:
+        if model is None or image_input is None or any(s.backend and s.backend not in self.plane.backends for s in model.steps):
             raise ApplicationError(f"model {spec.model!r} is not an image classifier of this worker", type="UnknownModel", non_retryable=True)
         inp = VisionInput.model_validate(await self.books.job_input(spec))
         images = inp.decoded()
@@ -48,7 +50,7 @@ class VisionActivities:
                 batch = images[start:start + self.chunk]
                 req = InferRequest(model=spec.model, inputs=[_bytes_tensor(image_input, batch)], parameters={"top_k": inp.top_k})
                 try:
-                    resp = await self.plane.infer(req)
+                    resp = await self.plane.infer(req, model)
                 except V2Error as e:
                     kind = "InvalidInput" if 400 <= e.status < 500 else "BackendUnavailable"
                     raise ApplicationError(f"images {start}..{start + len(batch) - 1}: {e.message}", type=kind, non_retryable=kind == "InvalidInput") from None

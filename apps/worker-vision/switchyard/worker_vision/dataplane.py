@@ -32,17 +32,23 @@ def softmax(x: Array) -> Array:
 
 class VisionDataPlane:
     def __init__(self, config: V2Config, backends: dict[str, InferBackend], preprocess: Callable[[list[bytes]], Array], model_dir: Path) -> None:
-        self.models = {m.name: m for m in config.for_domain("vision")}
         self.backends = backends
         self.preprocess = preprocess
         self.model_dir = model_dir
-        self._levels = {name: m.levels() for name, m in self.models.items()}
         self._labels: dict[str, Array] = {}
         self._in_flight = 0
-        for m in self.models.values():
+        self.update(config)
+
+    def update(self, config: V2Config, new_backends: dict[str, InferBackend] | None = None) -> None:
+        """Serve the models of a (re)loaded catalog. Backends are only ever added: a job accepted
+        before a reload may still run on one that the new catalog no longer names."""
+        models = {m.name: m for m in config.for_domain("vision")}
+        for m in models.values():
             for s in m.steps:
                 if s.op == "topk":
                     self._load_labels(str(s.params.get("labels", "imagenet_labels.txt")))
+        self.backends.update(new_backends or {})
+        self.models, self._levels = models, {name: m.levels() for name, m in models.items()}
 
     def _load_labels(self, file: str) -> Array:
         if file not in self._labels:
@@ -124,8 +130,9 @@ class VisionDataPlane:
             return [labels[idx], np.take_along_axis(probs, idx, axis=-1).astype(np.float32)]
         raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the vision worker")
 
-    async def infer(self, req: InferRequest) -> InferResponse:
-        m = self.model(req.model, req.version)
+    async def infer(self, req: InferRequest, model: V2Model | None = None) -> InferResponse:
+        """``model``: run this declaration instead of the served one (a job's catalog snapshot)."""
+        m = model or self.model(req.model, req.version)
         values = self._inputs(m, req.inputs)
         wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
         for name in wanted:
@@ -134,7 +141,7 @@ class VisionDataPlane:
         params = {**m.parameters, **req.parameters}
         self._in_flight += 1
         try:
-            for level in self._levels[m.name]:
+            for level in self._levels[m.name] if model is None else m.levels():
                 if len(level) == 1:  # the common case: no gather bookkeeping
                     results = [await self._step(level[0], values, params)]
                 else:

@@ -7,11 +7,28 @@ import binascii
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from switchyard.common.priority import PriorityValue
 
 # ---------------------------------------------------------------- request bodies (per domain)
+
+
+def _storable(text: str) -> str:
+    """Refuse text PostgreSQL cannot store (JSONB and text columns refuse NUL) or UTF-8 cannot encode
+    (unpaired surrogates, which JSON's ``\\ud800`` escapes let through)."""
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL characters (\\u0000)")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("text must not contain unpaired surrogates") from None
+    return text
+
+
+# Every client-supplied string that is stored (job rows, Temporal payloads) or sent on to an engine.
+StorableStr = Annotated[str, AfterValidator(_storable)]
 
 
 class _Strict(BaseModel):
@@ -20,20 +37,20 @@ class _Strict(BaseModel):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(max_length=200_000)]
+    content: Annotated[StorableStr, Field(max_length=200_000)]
 
 
 class LlmInput(_Strict):
     """One generation: chat ``messages`` or a raw ``prompt`` (exactly one of them)."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = None
-    prompt: Annotated[str, Field(min_length=1, max_length=200_000)] | None = None
+    prompt: Annotated[StorableStr, Field(min_length=1, max_length=200_000)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=8192)] = 256
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # Fixed per job so a retried generation reproduces what was already streamed.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] = []
+    stop: Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=64)]], Field(max_length=4)] = []
     # Number of independent choices to generate.
     n: Annotated[int, Field(ge=1, le=8)] = 1
     # Per-token log probabilities (and the top alternatives) in the token events.
@@ -78,15 +95,15 @@ class VisionInput(_Strict):
 
 
 class RecsysInput(_Strict):
-    user_id: Annotated[str, Field(min_length=1, max_length=128)]
-    candidate_item_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=1000)]
+    user_id: Annotated[StorableStr, Field(min_length=1, max_length=128)]
+    candidate_item_ids: Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=1000)]
     top_k: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
 class _JobCreateBase(_Strict):
     model: Annotated[str, Field(min_length=1, max_length=128)]
     priority: PriorityValue | None = None
-    metadata: Annotated[dict[str, str], Field(max_length=32)] = {}
+    metadata: Annotated[dict[StorableStr, StorableStr], Field(max_length=32)] = {}
 
 
 class LlmJobCreate(_JobCreateBase):
@@ -153,6 +170,9 @@ class JobSpec(BaseModel):
     input: dict[str, Any] | None
     priority_key: int
     accepted_at_ms: float
+    # The model as the catalog declared it at acceptance (Catalog.snapshot): a catalog reload
+    # meanwhile does not change what an accepted job runs on. None: look it up (older jobs).
+    model_spec: dict[str, Any] | None = None
 
 
 class LlmChoice(BaseModel):

@@ -1,29 +1,25 @@
-"""Model registry: public model names → domain, kind and an ordered list of engine endpoints.
+"""LLM models of the catalog (switchyard.common.catalog): public name → kind and engine endpoints.
 
-The file (JSON or YAML, named by ``SWITCHYARD_MODEL_REGISTRY``) is validated at start-up: a bad
-file stops the process. The first endpoint of a model is preferred; the rest are its fallbacks,
-tried in order when an endpoint fails before producing output.
+The first endpoint of a model is preferred; the rest are its fallbacks, tried in order when an
+endpoint fails before producing output.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchyard.common.config_files import read_config
 from switchyard.common.queues import Domain
 
-ENGINES = ("llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast")
+# Engines with an LLM adapter (switchyard.common.engines.factory.ADAPTERS).
+LLM_ENGINES = ("llamacpp", "vllm", "sglang")
 
 
 class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    engine: Literal["llamacpp", "vllm", "sglang", "triton", "onnxruntime", "feast"]
+    engine: Literal["llamacpp", "vllm", "sglang"]
     url: str
     # The name the engine itself serves the model under.
     engine_model: str = Field(min_length=1)
@@ -42,7 +38,7 @@ class ModelEntry(BaseModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     domain: Domain
-    kind: Literal["chat", "embedding", "classifier", "ranker"] = "chat"
+    kind: Literal["chat", "embedding"] = "chat"
     # Tokens a request may use in total (prompt + completion), per sequence.
     context_length: int = Field(default=2048, ge=128)
     owned_by: str = "switchyard"
@@ -64,18 +60,3 @@ class ModelRegistry(BaseModel):
 
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
-
-    @classmethod
-    def load(cls, path: Path) -> ModelRegistry:
-        return cls.model_validate(read_config(path))
-
-
-class _RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
-    model_registry: Path
-
-
-@lru_cache(maxsize=1)
-def load_registry() -> ModelRegistry:
-    """The registry named by ``SWITCHYARD_MODEL_REGISTRY``."""
-    return ModelRegistry.load(_RegistrySettings().model_registry)  # type: ignore[call-arg]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,8 @@ from switchyard.devstack import models
 from switchyard.devstack.gemma import gemma3_270m_gguf
 from switchyard.devstack.procs import StartError
 from switchyard.devstack.stack import Stack, StackConfig
+
+PID_FILE = "switchyard-up.pid"
 
 
 def fetch_models() -> None:
@@ -39,7 +42,11 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     for note in stack.notes:
         print(f"  note: {note}")
-    print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\nCtrl-C stops everything.", flush=True)
+    print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\nCtrl-C stops everything; `./switchyard reload` reloads the model catalog.", flush=True)
+    pid_file = cfg.state_dir / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+    # SIGUSR1, not SIGHUP: a closed terminal still stops the launcher; it sends SIGHUP to each process.
+    signal.signal(signal.SIGUSR1, lambda *_: stack.reload_catalog())
     try:
         while not stop.wait(1.0):
             dead = [n for n, p in stack.procs.items() if not p.alive()]
@@ -48,7 +55,21 @@ def _up(args: argparse.Namespace) -> int:
                 return 1
     finally:
         print("Switchyard: stopping...", flush=True)
+        pid_file.unlink(missing_ok=True)
         stack.stop()
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Ask the running `up` (its pid file in the state folder) to reload the catalog everywhere."""
+    pid_file = Path(args.state_dir) / PID_FILE
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGUSR1)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        print(f"no running `./switchyard up` found ({pid_file})", file=sys.stderr)
+        return 1
+    print("catalog reload requested: the API and workers validate the new catalog first and keep the old one if it is bad "
+          f"(see {Path(args.state_dir) / 'logs'}/api.log)")
     return 0
 
 
@@ -70,10 +91,14 @@ def main() -> int:
                     help="used if reachable, else a private PostgreSQL is started in the state folder")
     up.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used if reachable, else a private Redis is started")
     sub.add_parser("setup", help="fetch model files into the cache")
+    reload = sub.add_parser("reload", help="reload the model catalog (infra/catalog/models.yaml) in the running platform")
+    reload.add_argument("--state-dir", default=".state", help="the state folder of the running `up` (default: .state)")
     args = ap.parse_args()
     if args.cmd == "setup":
         fetch_models()
         return 0
+    if args.cmd == "reload":
+        return _reload(args)
     return _up(args)
 
 

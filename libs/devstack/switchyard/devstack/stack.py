@@ -11,19 +11,21 @@ import glob
 import json
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 from sqlalchemy.engine import make_url
 
+from switchyard.common.catalog import Catalog, CatalogSettings, build_catalog
 from switchyard.common.db.migrate import upgrade
 from switchyard.devstack import models
 from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
 
+# Model names of infra/catalog/models.yaml that the launcher and the tests refer to.
 LLM_MODEL = "smollm2-135m-instruct"
 GEMMA_MODEL = "gemma-3-270m"
 EMBED_MODEL = "smollm2-135m-embed"
@@ -31,6 +33,8 @@ EMBED_MODEL = "smollm2-135m-embed"
 SGLANG_MODEL = "smollm2-135m-instruct-sglang-fake"
 # SmolLM2 again, on a real vLLM (CPU build, own venv: build-support/setup-vllm.sh).
 VLLM_MODEL = "smollm2-135m-instruct-vllm"
+# Processes that load the catalog and reload it on SIGHUP.
+CATALOG_READERS = ("api", "worker-llm", "worker-vision")
 
 
 @dataclass
@@ -66,8 +70,8 @@ class StackConfig:
     ui: bool = True
     # Extra environment for the API process (e.g. SWITCHYARD_MAX_PENDING_PER_MODEL).
     api_env: dict[str, str] = field(default_factory=dict)
-    # Extra model registry entries (tests: a model whose first endpoint is down).
-    extra_models: list[dict[str, Any]] = field(default_factory=list)
+    # Catalog overlay files applied on top of infra/catalog/models.yaml (tests add models this way).
+    catalog_overlays: list[Path] = field(default_factory=list)
 
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
@@ -181,14 +185,40 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def catalog_env(self) -> dict[str, str]:
+        """Where this stack's engines are: the catalog's ${...} variables (infra/catalog/models.yaml)."""
+        c = self.cfg
+        # The operator's own catalog or overlays (environment) come first; the tests' overlays on top.
+        overlays = [o for o in os.environ.get("SWITCHYARD_CATALOG_OVERLAYS", "").split(os.pathsep) if o] + [str(p) for p in c.catalog_overlays]
+        return {
+            "SWITCHYARD_CATALOG": os.environ.get("SWITCHYARD_CATALOG") or str(find_repo_file("infra/catalog/models.yaml")),
+            "SWITCHYARD_CATALOG_OVERLAYS": os.pathsep.join(overlays),
+            "SWITCHYARD_LLAMACPP_URL": f"http://127.0.0.1:{c.engine_port}",
+            "SWITCHYARD_LLAMACPP_CONTEXT": str(8192 // c.engine_parallel),  # llama.cpp splits its context between slots
+            "SWITCHYARD_GEMMA_URL": f"http://127.0.0.1:{c.gemma_port}",
+            "SWITCHYARD_SGLANG_URL": f"http://127.0.0.1:{c.sglang_port}",
+            "SWITCHYARD_VLLM_URL": f"http://127.0.0.1:{c.vllm_port}",
+            "SWITCHYARD_VLLM_ENABLED": "true" if c.vllm else "false",
+        }
+
+    def catalog(self) -> Catalog:
+        """The catalog as this stack's processes load it (tests read engine endpoints from it)."""
+        env = {**os.environ, **self.catalog_env()}
+        return build_catalog(CatalogSettings(catalog=Path(env["SWITCHYARD_CATALOG"]), catalog_overlays=env["SWITCHYARD_CATALOG_OVERLAYS"]).files(), env)
+
+    def reload_catalog(self) -> None:
+        """What `./switchyard reload` does: SIGHUP to every process that serves the catalog."""
+        for name in CATALOG_READERS:
+            if name in self.procs and self.procs[name].alive():
+                self.procs[name].signal(signal.SIGHUP)
+
     def _env(self) -> dict[str, str]:
         return {
             "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{self.cfg.temporal_port}",
             "SWITCHYARD_POSTGRES_DSN": self.cfg.postgres_dsn,
             "SWITCHYARD_REDIS_URL": self.cfg.redis_url,
-            "SWITCHYARD_MODEL_REGISTRY": str(self.cfg.state_dir / "models.json"),
             "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
-            "SWITCHYARD_V2_MODELS": str(find_repo_file("infra/v2/models.yaml")),
+            **self.catalog_env(),
         }
 
     def _log(self, name: str) -> Path:
@@ -289,24 +319,6 @@ class Stack:
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
 
-    def _write_registry(self) -> None:
-        c = self.cfg
-        ctx = 8192 // c.engine_parallel
-        llama = {"engine": "llamacpp", "url": f"http://127.0.0.1:{c.engine_port}", "engine_model": LLM_MODEL}
-        gemma = {"engine": "llamacpp", "url": f"http://127.0.0.1:{c.gemma_port}", "engine_model": GEMMA_MODEL}
-        sglang = {"engine": "sglang", "url": f"http://127.0.0.1:{c.sglang_port}", "engine_model": SGLANG_MODEL, "params": {"priority_scheduling": True}}
-        registry = {"models": [
-            {"name": LLM_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [llama]},
-            {"name": GEMMA_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "google", "endpoints": [gemma]},
-            {"name": EMBED_MODEL, "domain": "llm", "kind": "embedding", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [llama]},
-            {"name": SGLANG_MODEL, "domain": "llm", "kind": "chat", "context_length": ctx, "owned_by": "HuggingFaceTB", "endpoints": [sglang]},
-            *c.extra_models,
-        ]}
-        if c.vllm:
-            vllm = {"engine": "vllm", "url": f"http://127.0.0.1:{c.vllm_port}", "engine_model": LLM_MODEL, "params": {"priority_scheduling": True}}
-            registry["models"].append({"name": VLLM_MODEL, "domain": "llm", "kind": "chat", "context_length": 2048, "owned_by": "HuggingFaceTB", "endpoints": [vllm]})
-        (self.cfg.state_dir / "models.json").write_text(json.dumps(registry, indent=2))
-
     def start(self) -> None:
         c = self.cfg
         c.state_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +337,7 @@ class Stack:
         elif c.vision and not vision_installed():
             raise StartError(f"vision is not set up under {models.cache_dir() / 'vision'}: run build-support/setup-vision.sh (./switchyard setup does)")
         upgrade(c.postgres_dsn)
-        self._write_registry()
+        self.catalog()  # a bad catalog is reported here, before anything starts
         self._define()
         try:
             # vLLM takes ~30 s to load: it starts first and is waited for last.

@@ -24,6 +24,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(SmallInteger)
     input: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The model's catalog entry when the job was accepted (switchyard.common.catalog.Catalog.snapshot).
+    model_spec: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))

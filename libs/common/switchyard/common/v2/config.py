@@ -1,22 +1,17 @@
 """V2 models: what each worker serves over KServe V2, declared as a DAG of steps across backends.
 
-One YAML/JSON file (``SWITCHYARD_V2_MODELS``) is read by the API (routing, metadata, durable-lane
-validation) and by the workers (execution); it is validated at start-up and a bad file stops the
-process. A model is an ensemble: named values flow from the model's inputs through steps (decode and
+They are declared in the model catalog (switchyard.common.catalog) beside the LLM models, read by
+the API (routing, metadata, durable-lane validation) and by the workers (execution). A model is an ensemble: named values flow from the model's inputs through steps (decode and
 resize, inference on a backend, combining, top-k) to its outputs. Steps whose inputs are ready run
 concurrently, so two backends can score the same batch at once.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchyard.common.config_files import read_config
 from switchyard.common.queues import Domain
 
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
@@ -46,6 +41,10 @@ class TensorSpec(_Strict):
         if any(d == 0 or d < -1 for d in self.shape):
             raise ValueError(f"tensor {self.name}: dimensions are -1 or positive, got {self.shape}")
         return self
+
+
+# Engines a V2 backend can run on (the workers' InferBackend implementations).
+V2_ENGINES = ("triton", "onnxruntime")
 
 
 class Backend(_Strict):
@@ -79,6 +78,8 @@ class Step(_Strict):
 class V2Model(_Strict):
     name: str = Field(pattern=NAME, max_length=128)
     domain: Domain
+    # classifier: image in, labels + scores out; ranker: items in, scores out; tensor: anything else.
+    kind: Literal["classifier", "ranker", "tensor"] = "tensor"
     description: str = ""
     versions: list[str] = ["1"]
     platform: str = "switchyard_ensemble"
@@ -96,6 +97,12 @@ class V2Model(_Strict):
         missing = [o.name for o in self.outputs if o.name not in produced]
         if missing:
             raise ValueError(f"model {self.name}: outputs {missing} are produced by no step")
+        consumed = {i for s in self.steps for i in s.inputs} | {o.name for o in self.outputs}
+        dead = [s.name for s in self.steps if not any(o in consumed for o in s.outputs)]
+        if dead:
+            raise ValueError(f"model {self.name}: steps {dead} are unreachable: their outputs feed no step and no model output")
+        if self.kind == "classifier" and self.image_input() is None:
+            raise ValueError(f"model {self.name}: a classifier takes one BYTES input (images) and gives 'labels' and 'scores'")
         return self
 
     def input(self, name: str) -> TensorSpec | None:
@@ -161,19 +168,3 @@ class V2Config(_Strict):
 
     def for_domain(self, domain: str) -> list[V2Model]:
         return [m for m in self.models if m.domain == domain]
-
-    @classmethod
-    def load(cls, path: Path) -> V2Config:
-        return cls.model_validate(read_config(path))
-
-
-class _V2Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
-    v2_models: Path | None = None
-
-
-@lru_cache(maxsize=1)
-def load_v2_config() -> V2Config:
-    """The file named by ``SWITCHYARD_V2_MODELS``; no file: no V2 models."""
-    path = _V2Settings().v2_models
-    return V2Config.load(path) if path else V2Config(models=[])
