@@ -97,8 +97,11 @@ def _substitute(value: Any, env: dict[str, str], where: Callable[[], str]) -> An
     return value
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(model)"
+def _first_error(e: ValidationError, default_field: str) -> str:
+    """``field 'a.b': message`` for the first error pydantic found."""
+    err = e.errors()[0]
+    fld = ".".join(str(p) for p in err["loc"]) or default_field
+    return f"field {fld!r}: {str(err['msg']).removeprefix('Value error, ')}"
 
 
 @dataclass
@@ -139,8 +142,7 @@ def _read(path: Path, env: dict[str, str]) -> _Overlay:
     try:
         doc = _Overlay.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise CatalogError(f"{path}: field {_field(tuple(err['loc']))!r}: {err['msg']}") from None
+        raise CatalogError(f"{path}: {_first_error(e, '(top level)')}") from None
     doc.backends = {name: _substitute(b, env, lambda n=name: f"{path}: backend {n!r}") for name, b in doc.backends.items()}  # type: ignore[misc]
     doc.models = [_substitute(m, env, lambda i=i, m=m: _Declared(m, path, i).where()) for i, m in enumerate(doc.models)]  # type: ignore[misc]
     return doc
@@ -176,8 +178,7 @@ def build_catalog(files: list[Path], env: dict[str, str] | None = None) -> Catal
         try:
             v2_backends[name] = Backend.model_validate(b)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise CatalogError(f"{path}: backend {name!r}, field {_field(tuple(err['loc']))!r}: {err['msg']}") from None
+            raise CatalogError(f"{path}: backend {name!r}, {_first_error(e, 'engine')}") from None
 
     llm: list[ModelEntry] = []
     v2: list[V2Model] = []
@@ -200,10 +201,8 @@ def build_catalog(files: list[Path], env: dict[str, str] | None = None) -> Catal
                     if s.backend is not None and s.backend not in v2_backends:
                         raise CatalogError(f"{d.where(f'steps.{s.name}.backend')}: unknown backend {s.backend!r} (declared: {', '.join(sorted(v2_backends))})")
         except ValidationError as e:
-            err = e.errors()[0]
-            # Graph errors (cycles, unreachable steps) are the model's own: they concern its steps.
-            fld = _field(tuple(err["loc"])) if err["loc"] else "steps"
-            raise CatalogError(f"{d.where(fld)}: {str(err['msg']).removeprefix('Value error, ')}") from None
+            # Errors of the whole model (cycles, unreachable steps) concern its steps.
+            raise CatalogError(f"{d.where()}, {_first_error(e, 'steps')}") from None
         if str(enabled).lower() in ("false", "0", "no"):
             continue
         (llm if isinstance(entry, ModelEntry) else v2).append(entry)  # type: ignore[arg-type]
