@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -92,3 +93,64 @@ def test_bad_last_event_id(client: JobClient) -> None:
     job_id = client.submit(llm_job(max_tokens=2))
     _assert_error(client.http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "drop table"}), 400, "invalid_last_event_id")
     list(client.events(job_id))
+
+
+# ------------------------------------------------------------------ text the platform cannot store
+
+NUL = "a\u0000b"  # PostgreSQL's JSONB and text columns refuse NUL
+SURROGATE = "a\ud800b"  # an unpaired surrogate: valid as a JSON escape, not encodable as UTF-8
+
+
+def _post_json(http: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    # json.dumps escapes both as \uXXXX, as a client's JSON encoder does (httpx's json= would refuse the surrogate).
+    return http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"input": {"prompt": NUL}}, "input.prompt"),
+        ({"input": {"prompt": SURROGATE}}, "input.prompt"),
+        ({"input": {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": NUL}]}}, "input.messages.1.content"),
+        ({"input": {"prompt": "hi", "stop": ["x", NUL]}}, "input.stop.1"),
+        ({"input": OK_INPUT, "metadata": {"team": NUL}}, "metadata.team"),
+        ({"input": OK_INPUT, "metadata": {NUL: "x"}}, "metadata"),  # a bad key is named by its dict
+        ({"input": OK_INPUT, "metadata": {SURROGATE: "x"}}, "metadata"),
+    ],
+)
+def test_text_the_store_cannot_keep_is_a_422(client: JobClient, fields: dict[str, Any], param: str) -> None:
+    r = _post_json(client.http, "/v1/jobs", {"domain": "llm", "model": LLM_MODEL, **fields})
+    err = _assert_error(r, 422, "validation_error")
+    assert err["param"] == param
+    assert err["details"][0]["loc"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": NUL}]}, "messages.0.content"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": NUL}]}]}, "messages.0.content"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": NUL}, "stop"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "user": NUL}, "user"),
+        ("/v1/completions", {"prompt": NUL}, "prompt"),
+        ("/v1/completions", {"prompt": [SURROGATE]}, "prompt"),
+        ("/v1/embeddings", {"input": SURROGATE}, "input"),
+    ],
+)
+def test_text_the_store_cannot_keep_is_a_400_on_openai_routes(client: JobClient, path: str, body: dict[str, Any], param: str) -> None:
+    model = "smollm2-135m-embed" if path == "/v1/embeddings" else LLM_MODEL
+    err = _assert_error(_post_json(client.http, path, {"model": model, **body}), 400, "invalid_value")
+    assert err["param"] == param
+
+
+def test_refused_text_keeps_the_ingress_connection(stack) -> None:  # type: ignore[no-untyped-def]
+    """Ten refused requests in a row on one keep-alive connection through Nginx: every one is the 4xx
+    (none a 503 from a connection the API dropped), and a valid request on the same client works."""
+    with httpx.Client(base_url=stack.ingress, timeout=30) as http:
+        for i in range(10):
+            if i % 2:
+                _assert_error(_post_json(http, "/v1/chat/completions", {"model": LLM_MODEL, "messages": [{"role": "user", "content": NUL}]}), 400, "invalid_value")
+            else:
+                _assert_error(_post_json(http, "/v1/jobs", {"domain": "llm", "model": LLM_MODEL, "input": {"prompt": NUL}}), 422, "validation_error")
+        r = http.post("/v1/jobs", json={"domain": "llm", "model": LLM_MODEL, "input": OK_INPUT})
+        assert r.status_code == 202, r.text

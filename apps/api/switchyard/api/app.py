@@ -61,4 +61,5 @@ def create_app(settings: ApiSettings | None = None, catalog: CatalogHolder | Non
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(v2_routes.V2InferFastPath, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.CatchUnexpected)  # outermost: a crash anywhere is a 500 that keeps the connection
     return app

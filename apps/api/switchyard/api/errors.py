@@ -2,6 +2,7 @@
 
 It is OpenAI's error object plus optional ``details``, so OpenAI clients read it unchanged. The
 KServe V2 routes (``/v2``) answer with V2's own shape, ``{"error": "message"}``, as V2 clients expect.
+An unexpected exception becomes a 500 in that shape in ``CatchUnexpected`` (an ASGI middleware).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.api.openai_protocol import UNSUPPORTED
 from switchyard.common.queues import DOMAINS
@@ -59,12 +61,16 @@ def _error_for(request: Request, status: int, code: str, message: str, **kw: Any
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    """``body.llm.input.prompt`` → ``input.prompt``: drop the body root, union tags and type labels."""
+    """``body.llm.input.prompt`` → ``input.prompt``: drop the body root, union tags and type labels.
+
+    A bad dict key (``metadata.<key>.[key]``) is named by its dict: ``metadata``.
+    """
     parts = [str(p) for p in loc]
     if parts[:1] == ["body"]:
         parts = parts[1:]
         if parts and parts[0] in DOMAINS:
             parts = parts[1:]
+    parts = [p for i, p in enumerate(parts) if p != "[key]" and parts[i + 1:i + 2] != ["[key]"]]
     return ".".join(p for p in parts if not any(c in p for c in "[(") and not p.startswith(("constrained-", "function-")))
 
 
@@ -93,7 +99,40 @@ def install(app: FastAPI) -> None:
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_for(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return _error_for(request, 500, "internal_error", "internal error")
+
+class CatchUnexpected:
+    """ASGI middleware: an exception that escapes the app becomes the 500 error body (V2's shape on
+    ``/v2``), logged with its traceback.
+
+    Unlike an ``exception_handler(Exception)`` (run by Starlette's ServerErrorMiddleware, which
+    re-raises after answering, so uvicorn closes the connection), it does not re-raise: the
+    keep-alive connection, which Nginx pools and reuses for other clients, survives. Nor after a
+    complete response (an error in a background task). Only a response cut short propagates the
+    exception: the client cannot tell it from a whole one unless the connection closes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = finished = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, finished
+            started = started or message["type"] == "http.response.start"
+            finished = finished or (message["type"] == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started and not finished:
+                raise
+            path = scope.get("path", "")
+            log.exception("unhandled error: %s %s", scope.get("method"), path)
+            if not started:
+                response = v2_error_response(V2Error(500, "internal error")) if is_v2(path) else error_response(500, "internal_error", "internal error")
+                await response(scope, receive, send)

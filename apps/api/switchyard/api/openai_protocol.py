@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from switchyard.common.contracts import ChatMessage, LlmInput
+from switchyard.common.contracts import ChatMessage, LlmInput, StorableStr
 
-Stop = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] | None
+# Text fields are StorableStr: text the job store cannot keep is a 400 here, not a 500 at insert time.
+Stop = Annotated[StorableStr, Field(min_length=1, max_length=64)] | Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=64)]], Field(max_length=4)] | None
 
 
 def _stops(stop: Stop) -> list[str]:
@@ -35,7 +36,7 @@ class _Common(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    user: Annotated[str, Field(max_length=256)] | None = None
+    user: Annotated[StorableStr, Field(max_length=256)] | None = None
     # Switchyard extension: generate exactly max_tokens (ignore end-of-sequence).
     ignore_eos: bool = False
     # Accepted at their neutral value only: sampling penalties are not implemented.
@@ -56,15 +57,15 @@ class _Common(BaseModel):
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
-    text: str
+    text: StorableStr
 
 
 class ChatCompletionMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, Field(max_length=200_000)] | Annotated[list[TextPart], Field(min_length=1)]
-    name: Annotated[str, Field(max_length=64)] | None = None
+    content: Annotated[StorableStr, Field(max_length=200_000)] | Annotated[list[TextPart], Field(min_length=1)]
+    name: Annotated[StorableStr, Field(max_length=64)] | None = None
 
     def plain(self) -> ChatMessage:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -93,7 +94,7 @@ class ChatCompletionRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: Annotated[str, Field(min_length=1, max_length=200_000)] | Annotated[list[Annotated[str, Field(min_length=1, max_length=200_000)]], Field(min_length=1, max_length=1)]
+    prompt: Annotated[StorableStr, Field(min_length=1, max_length=200_000)] | Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=200_000)]], Field(min_length=1, max_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] = 16
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: Literal[False] = False
@@ -112,9 +113,9 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[str, Field(min_length=1, max_length=128)]
-    input: Annotated[str, Field(min_length=1, max_length=100_000)] | Annotated[list[Annotated[str, Field(min_length=1, max_length=100_000)]], Field(min_length=1, max_length=256)]
+    input: Annotated[StorableStr, Field(min_length=1, max_length=100_000)] | Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=100_000)]], Field(min_length=1, max_length=256)]
     encoding_format: Literal["float", "base64"] = "float"
-    user: Annotated[str, Field(max_length=256)] | None = None
+    user: Annotated[StorableStr, Field(max_length=256)] | None = None
 
     @field_validator("input", mode="before")
     @classmethod
