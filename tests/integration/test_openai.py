@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -159,15 +161,24 @@ def test_invalid_utf8_and_unknown_model(stack: Stack, oai: openai.OpenAI) -> Non
         oai.completions.create(model=LLM_MODEL, prompt="x", max_tokens=3, echo=True)
 
 
-def _engine_busy(stack: Stack, model: str) -> float:
+async def _engine_running(stack: Stack, model: str) -> float:
     """Requests the model's engine is generating right now, by the engine's own metrics."""
     endpoint = stack.catalog().registry.get(model).endpoints[0]  # type: ignore[union-attr]
+    async with httpx.AsyncClient() as http:
+        return (await engine_for(endpoint, http).metrics()).running or 0.0
 
-    async def running() -> float:
-        async with httpx.AsyncClient() as http:
-            return (await engine_for(endpoint, http).metrics()).running or 0.0
 
-    return asyncio.run(running())
+def _engine_busy(stack: Stack, model: str) -> float:
+    return asyncio.run(_engine_running(stack, model))
+
+
+def _wait_engine_busy(stack: Stack, model: str) -> None:
+    """Before the client leaves: the engine is generating for it (so a pass cannot come from a job that just ended)."""
+    deadline, busy = time.monotonic() + 30, 0.0
+    while not busy and time.monotonic() < deadline:
+        time.sleep(0.1)
+        busy = _engine_busy(stack, model)
+    assert busy > 0, "the engine never reported the request as running"
 
 
 def _wait_cancelled(stack: Stack, client: JobClient, job_id: str, model: str = LLM_MODEL) -> None:
@@ -186,17 +197,38 @@ def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(sta
         job_id = r.headers["x-switchyard-job-id"]
         for i, _ in enumerate(r.iter_lines()):
             if i > 10:
+                # Still connected (leaving the line iterator closes the connection): the engine is
+                # generating for this client right now.
+                _wait_engine_busy(stack, model)
                 break
     _wait_cancelled(stack, client, job_id, model)
 
 
 def test_client_disconnect_while_waiting_cancels_a_non_streamed_completion(stack: Stack, client: JobClient) -> None:
-    body = {"model": LLM_MODEL, "messages": MSG, "max_tokens": 3000, "ignore_eos": True, "user": "impatient"}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(stack.ingress + "/v1/chat/completions", json=body, timeout=httpx.Timeout(2.0, connect=5.0))
-    jobs = client.http.get("/v1/jobs", params={"domain": "llm", "limit": 5}).json()["data"]
-    job_id = next(j["id"] for j in jobs if j["metadata"].get("user") == "impatient")
-    _wait_cancelled(stack, client, job_id)
+    user = f"impatient-{uuid.uuid4().hex[:8]}"
+    body = {"model": LLM_MODEL, "messages": MSG, "max_tokens": 3000, "ignore_eos": True, "user": user}
+
+    async def leave_while_it_generates() -> str:
+        """Wait for the answer in a task; once the job exists and the engine generates it, give up."""
+        async with httpx.AsyncClient(base_url=stack.ingress, timeout=30) as api, httpx.AsyncClient(timeout=120) as leaving:
+            waiting = asyncio.create_task(leaving.post(stack.ingress + "/v1/chat/completions", json=body))
+            deadline, job_id, busy = time.monotonic() + 30, None, 0.0
+            while not (job_id and busy) and time.monotonic() < deadline and not waiting.done():
+                await asyncio.sleep(0.1)
+                if job_id is None:
+                    jobs = (await api.get("/v1/jobs", params={"domain": "llm", "limit": 5})).json()["data"]
+                    job_id = next((j["id"] for j in jobs if j["metadata"].get("user") == user), None)
+                else:
+                    busy = await _engine_running(stack, LLM_MODEL)
+            assert job_id and busy > 0, f"job {job_id}: the engine never reported it as running"
+            assert not waiting.done(), "the completion ended before the client left"
+            waiting.cancel()  # the client stops waiting...
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await leaving.aclose()  # ...and its connection is closed
+            return job_id
+
+    _wait_cancelled(stack, client, asyncio.run(leave_while_it_generates()))
 
 
 def test_overload_answers_429_with_retry_after(stack: Stack, client: JobClient, oai: openai.OpenAI) -> None:

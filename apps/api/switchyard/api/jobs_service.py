@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
+import time
 import uuid
 from typing import Any
 
@@ -20,6 +23,10 @@ from switchyard.common.priority import PriorityValue
 from switchyard.common.v2.config import V2Model
 
 RPC_TIMEOUT = dt.timedelta(seconds=5)
+# The cancel of a client that went away is retried this long (an LLM attempt's own time limit).
+ABANDONED_CANCEL_RETRY_S = 15 * 60
+
+log = logging.getLogger("switchyard.api.jobs")
 
 
 def header_priority(value: str | None) -> PriorityValue | None:
@@ -98,3 +105,26 @@ async def cancel_job(res: Resources, job: Job) -> bool:
     except RPCError as e:
         raise ApiError(503, "orchestrator_unavailable", "could not reach the orchestrator; retry", headers={"Retry-After": "1"}) from e
     return True
+
+
+async def cancel_abandoned(res: Resources, job: Job) -> None:
+    """Cancel the job of a client that went away, in the background, retrying until it is through.
+
+    No client is left to retry, so a cancel that fails once (an orchestrator RPC timing out on a
+    busy machine, a database blip) must not be dropped: the engine would generate for no one.
+    """
+    deadline, delay, attempt = time.monotonic() + ABANDONED_CANCEL_RETRY_S, 0.2, 0
+    while True:
+        try:
+            # After a failure, re-read the job: one that ended meanwhile needs no cancel.
+            await cancel_job(res, job if attempt == 0 else (await res.store.get(job.id) or job))
+            return
+        except Exception as e:
+            attempt += 1
+            fields = {"job_id": str(job.id), "attempt": attempt, "error": repr(e)}
+            if time.monotonic() + delay > deadline:
+                log.error("could not cancel the job of a client that went away; giving up", extra={"fields": fields})
+                return
+            log.warning("could not cancel the job of a client that went away; retrying", extra={"fields": fields})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
-from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_llm_model, header_priority, key_priority
+from switchyard.api.jobs_service import accept_job, admit, cancel_abandoned, find_llm_model, header_priority, key_priority
 from switchyard.api.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from switchyard.common.contracts import JobStatus, LlmInput
 from switchyard.common.db.models import Job
@@ -207,7 +207,7 @@ class Reply:
                 "system_fingerprint": None, "choices": choices}
 
     def cancel_in_background(self) -> None:
-        self.res.dispatcher.background(cancel_job(self.res, self.job))
+        self.res.dispatcher.background(cancel_abandoned(self.res, self.job))
 
 
 async def _respond_json(reply: Reply, request: Request) -> JSONResponse:

@@ -39,12 +39,22 @@ async def heartbeating(details: list[Any]) -> AsyncIterator[None]:
     """Heartbeat in the background while the body runs, with the current ``details`` (a checkpoint).
 
     Covers long silent phases such as prompt prefill, so a live activity never times out.
+
+    It also makes a cancellation stick. Temporal cancels an activity once (``task.cancel()``), and
+    Python 3.11's ``asyncio.wait_for`` swallows a cancel that lands while the operation it waits
+    for completes (CPython gh-86296, fixed in 3.12). redis-py wraps every socket write in one, so
+    now and then the cancel of an activity that publishes tokens was lost and the engine generated
+    to the end for a client that had left (issue 9). A body still running one heartbeat after its
+    cancellation was requested is cancelled again.
     """
+    body = asyncio.current_task()
 
     async def beat() -> None:
         while True:
             activity.heartbeat(*details)
             await asyncio.sleep(HEARTBEAT_EVERY.total_seconds())
+            if body is not None and activity.is_cancelled():
+                body.cancel("Activity cancelled (again: the first cancel was swallowed)")
 
     task = asyncio.create_task(beat())
     try:
