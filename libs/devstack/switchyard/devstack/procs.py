@@ -28,16 +28,24 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range, so that ports other programs take by
-    binding to 0 (Temporal's internal services do) never collide with the ones handed out here."""
+    binding to 0 (Temporal's internal services do) never collide with the ones handed out here.
+    A port is handed out once per process: a stack picks about twenty before starting anything,
+    and a repeated pick (a 2 % chance per stack) made nginx fail to bind in CI."""
     for _ in range(200):
         port = random.randrange(20000, 30000)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise StartError("no free port in 20000-29999")
 
