@@ -1,4 +1,5 @@
-"""Switchyard benchmarks on a local stack: ``./switchyard bench [submit|ttft]``.
+"""Switchyard benchmarks on a local stack: ``./switchyard bench [submit|ttft|vision]``, or
+``./switchyard bench ab --baseline-rev REV`` (the working tree against REV, paired; see ab.py).
 
 Each benchmark measures the platform and, in the same run, a baseline without it (the engine
 called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
@@ -11,14 +12,19 @@ import tempfile
 from pathlib import Path
 
 from switchyard.devstack.stack import Stack, StackConfig
-from switchyard_bench import submit, ttft, vision
+from switchyard_bench import ab, submit, ttft, vision
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="switchyard bench")
     ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all)")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
+    ap.add_argument("--baseline-rev", help="ab: the git revision to compare the working tree with")
     args = ap.parse_args()
+    if args.which == ["ab"]:
+        if not args.baseline_rev:
+            ap.error("ab needs --baseline-rev")
+        return run_ab(args.postgres_dsn, args.baseline_rev)
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
@@ -35,6 +41,17 @@ def main() -> None:
             ttft.run(stack)
         if "vision" in args.which:
             vision.run(stack)
+    finally:
+        stack.stop()
+
+
+def run_ab(postgres_dsn: str, baseline_rev: str) -> None:
+    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
+                                vision=True, vllm=False, api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
+    stack = Stack(cfg)
+    stack.start()
+    try:
+        ab.run(stack, baseline_rev)
     finally:
         stack.stop()
 

@@ -1,4 +1,5 @@
-"""Repository rules: apps never import other apps; `switchyard` stays a namespace package."""
+"""Repository rules: apps never import other apps nor a sibling module's private names; `switchyard`
+stays a namespace package."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def test_app_imports_no_other_app(app: str) -> None:
     others = [pkg for name, pkg in APPS.items() if name != app]
     bad = {(str(f.relative_to(ROOT)), m) for f in files for m in _imports(f) if any(m == o or m.startswith(o + ".") for o in others)}
     assert not bad, f"{app} imports another app: {sorted(bad)}"
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_no_module_imports_a_private_name_of_its_app(app: str) -> None:
+    """A ``_name`` is its module's own: a sibling that needs it gets a public name (or its own copy)."""
+    pkg = APPS[app]
+    bad: set[tuple[str, str]] = set()
+    for f in (ROOT / "apps" / app).rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level > 0 or node.module == pkg or (node.module or "").startswith(pkg + ".")):
+                bad.update((str(f.relative_to(ROOT)), f"{node.module}.{a.name}") for a in node.names if a.name.startswith("_"))
+    assert not bad, f"private names imported across modules: {sorted(bad)}"
 
 
 def test_every_app_is_listed() -> None:

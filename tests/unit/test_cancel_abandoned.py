@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from switchyard.api import jobs_service
 from switchyard.api.errors import ApiError
+from switchyard.api.jobs import service as jobs_service
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from switchyard.api.errors import _loc
-from switchyard.api.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from switchyard.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from switchyard.common.contracts import JobCreate
 
 JOB = TypeAdapter(JobCreate)

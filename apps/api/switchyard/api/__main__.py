@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import uvicorn
@@ -16,11 +17,11 @@ def main() -> None:
     settings = ApiSettings()
     if "--check" in sys.argv[1:]:
         # Packaging smoke test: every import resolves and the app builds.
-        create_app(settings)
+        create_app(settings, CatalogHolder.empty())
         print(f"switchyard-api ok: would listen on {settings.api_host}:{settings.api_port}")
         return
     setup_logging(settings.log_level)
-    catalog = CatalogHolder.load_or_exit("switchyard-api")
+    catalog = CatalogHolder.load_or_exit("switchyard-api", settings, os.environ)
     uvicorn.run(create_app(settings, catalog), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)
 

@@ -10,9 +10,9 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from switchyard.api.dispatch import Dispatcher
+from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.settings import ApiSettings
-from switchyard.api.v2_gateway import V2Gateway
+from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.api.openai_protocol import UNSUPPORTED
+from switchyard.api.openai.protocol import UNSUPPORTED
 from switchyard.common.queues import DOMAINS
 from switchyard.common.v2.asgi import error_response as v2_error_response
 from switchyard.common.v2.errors import V2Error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -23,10 +24,7 @@ from switchyard.worker_llm.workflows import LlmJobWorkflow
 log = logging.getLogger("switchyard.worker_llm")
 
 
-async def main() -> None:
-    settings = WorkerSettings()
-    setup_logging(settings.log_level)
-    catalog = CatalogHolder.load_or_exit("switchyard-worker-llm")
+async def main(settings: WorkerSettings, catalog: CatalogHolder) -> None:
     client = await connect(settings)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
@@ -56,8 +54,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # The one place this process reads its environment: settings, and ${VAR}s of the catalog.
+    settings = WorkerSettings()
     if "--check" in sys.argv[1:]:
         # Packaging smoke test: every import resolved above; settings parse.
-        print(f"switchyard-worker-llm ok: task queue {WorkerSettings().task_queue!r}")
+        print(f"switchyard-worker-llm ok: task queue {settings.task_queue!r}")
     else:
-        asyncio.run(main())
+        setup_logging(settings.log_level)
+        asyncio.run(main(settings, CatalogHolder.load_or_exit("switchyard-worker-llm", settings, os.environ)))

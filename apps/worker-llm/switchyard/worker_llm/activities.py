@@ -15,6 +15,7 @@ from switchyard.common.catalog import CatalogHolder
 from switchyard.common.contracts import JobSpec, LlmChoice, LlmGeneration, LlmInput, Timings, Usage
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import engine_for
+from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.publisher import TokenPublisher
@@ -66,31 +67,30 @@ class LlmActivities:
 
     async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float]) -> tuple[LlmChoice, Usage, str]:
         """One choice, on the first endpoint that works; fall back only before any output."""
-        last_error: EngineError | None = None
-        for endpoint in entry.endpoints:
-            engine = engine_for(endpoint, self.http)
+
+        async def generate_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
+            engine = engine_for(attempt.endpoint, self.http)
             text: list[str] = []
             finish_reason: str | None = None
             usage = Usage()
-            try:
-                async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
-                    if chunk.usage:
-                        usage = chunk.usage
-                    finish_reason = chunk.finish_reason or finish_reason
-                    if chunk.text:
-                        if not first_token:
-                            first_token.append(time.time())
-                        text.append(chunk.text)
-                        await publisher.token(choice, chunk.text, chunk.logprobs)
-            except (EngineError, httpx.TransportError) as e:
-                err = e if isinstance(e, EngineError) else EngineError(503, f"unreachable: {e!r}", kind="EngineUnavailable", retryable=True)
-                if text or not err.retryable:
-                    raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable) from e
-                last_error = err
-                activity.logger.warning("endpoint failed before output; trying the next", extra={"endpoint": endpoint.url, "error": str(err)})
-                continue
+            async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
+                if chunk.usage:
+                    usage = chunk.usage
+                finish_reason = chunk.finish_reason or finish_reason
+                if chunk.text:
+                    if not first_token:
+                        first_token.append(time.time())
+                    text.append(chunk.text)
+                    attempt.produced_output = True
+                    await publisher.token(choice, chunk.text, chunk.logprobs)
             if not usage.completion_tokens:
                 usage.completion_tokens = len(text)
-            return LlmChoice(index=choice, text="".join(text), finish_reason=finish_reason), usage, f"{endpoint.engine}:{endpoint.url}"
-        assert last_error is not None
-        raise ApplicationError(f"every endpoint of {entry.name} failed; last: {last_error}", type=last_error.kind)
+            return LlmChoice(index=choice, text="".join(text), finish_reason=finish_reason), usage
+
+        try:
+            (out, usage), endpoint = await first_endpoint_that_works(entry.name, entry.endpoints, generate_on, logger=activity.logger)
+        except EngineError as e:
+            raise ApplicationError(str(e), type=e.kind, non_retryable=not e.retryable) from e
+        except NoEndpointAnswered as e:
+            raise ApplicationError(str(e), type=e.error.kind) from e
+        return out, usage, f"{endpoint.engine}:{endpoint.url}"

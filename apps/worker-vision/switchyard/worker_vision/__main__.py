@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-import grpc
 import tritonclient.http.aio as triton_http
 import uvicorn
 import uvloop
@@ -21,10 +21,10 @@ from switchyard.common.events import EventBus, make_redis
 from switchyard.common.http1 import Http1Client
 from switchyard.common.logs import setup_logging
 from switchyard.common.temporal import WORKER_OPTIONS, connect
-from switchyard.worker_vision import v2_grpc, v2_http
+from switchyard.common.v2 import grpc_frontend, rest_frontend
 from switchyard.worker_vision.activities import VisionActivities
+from switchyard.worker_vision.backends import make_backends
 from switchyard.worker_vision.dataplane import VisionDataPlane
-from switchyard.worker_vision.engines import make_backends
 from switchyard.worker_vision.preprocess import DaliPreprocessor
 from switchyard.worker_vision.settings import VisionSettings
 from switchyard.worker_vision.triton_shm import ShmPool
@@ -33,10 +33,7 @@ from switchyard.worker_vision.workflows import VisionJobWorkflow
 log = logging.getLogger("switchyard.worker_vision")
 
 
-async def main() -> None:
-    settings = VisionSettings()
-    setup_logging(settings.log_level)
-    catalog = CatalogHolder.load_or_exit("switchyard-worker-vision")
+async def main(settings: VisionSettings, catalog: CatalogHolder) -> None:
     config = catalog.current.v2
     triton = triton_http.InferenceServerClient(settings.triton_url, conn_timeout=settings.triton_timeout_s)
     shm = ShmPool(triton, f"switchyard-{settings.task_queue}-{settings.vision_http_port}", settings.triton_shm_slots, settings.triton_shm_slot_bytes)
@@ -65,12 +62,9 @@ async def main() -> None:
     worker = Worker(client, task_queue=settings.task_queue, workflows=[VisionJobWorkflow], activities=[vision.classify, books.finish],
                     max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
 
-    http = uvicorn.Server(uvicorn.Config(v2_http.create_app(plane, settings.max_body_bytes, v2_grpc.tunnel(plane)), host=settings.vision_host, port=settings.vision_http_port,
-                                         log_level="warning", access_log=False, lifespan="off"))
-    rpc = grpc.aio.server()
-    rpc.add_generic_rpc_handlers((v2_grpc.handlers(plane),))
-    rpc.add_insecure_port(f"{settings.vision_host}:{settings.vision_grpc_port}")
-    await rpc.start()
+    v2_app = rest_frontend.create_app(plane, settings.max_body_bytes, grpc_frontend.tunnel(plane))
+    http = uvicorn.Server(uvicorn.Config(v2_app, host=settings.vision_host, port=settings.vision_http_port, log_level="warning", access_log=False, lifespan="off"))
+    rpc = await grpc_frontend.start_server(plane, settings.vision_host, settings.vision_grpc_port, settings.max_body_bytes)
     http_task = asyncio.create_task(http.serve())
 
     stop = asyncio.Event()
@@ -97,8 +91,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # The one place this process reads its environment: settings, and ${VAR}s of the catalog.
+    settings = VisionSettings()
     if "--check" in sys.argv[1:]:
         # Packaging smoke test: every import resolved above (DALI, onnxruntime, tritonclient); settings parse.
-        print(f"switchyard-worker-vision ok: task queue {VisionSettings().task_queue!r}")
+        print(f"switchyard-worker-vision ok: task queue {settings.task_queue!r}")
     else:
-        uvloop.run(main())
+        setup_logging(settings.log_level)
+        uvloop.run(main(settings, CatalogHolder.load_or_exit("switchyard-worker-vision", settings, os.environ)))

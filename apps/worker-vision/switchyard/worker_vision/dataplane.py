@@ -1,8 +1,9 @@
 """The vision worker's KServe V2 data plane: validate a request against its model, run the model's
 steps (see switchyard.common.v2.config), answer with the requested outputs.
 
-The REST and gRPC servers and the durable-lane activity all call ``VisionDataPlane.infer``: one code
-path for both lanes.
+A ``LocalDataPlane`` (switchyard.common.v2.local_plane: request decoding, classification,
+statistics), served by the shared REST and gRPC front ends; the durable-lane activity calls the same
+``infer``: one code path for both lanes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 
 from switchyard.common.v2.config import Step, V2Config, V2Model
 from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.local_plane import LocalDataPlane
 from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
-from switchyard.worker_vision.engines import InferBackend
+from switchyard.worker_vision.backends import InferBackend
 
 Array = np.ndarray[Any, Any]
 
@@ -30,13 +32,13 @@ def softmax(x: Array) -> Array:
     return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float32)
 
 
-class VisionDataPlane:
+class VisionDataPlane(LocalDataPlane):
     def __init__(self, config: V2Config, backends: dict[str, InferBackend], preprocess: Callable[[list[bytes]], Array], model_dir: Path) -> None:
+        super().__init__("switchyard-worker-vision", model_dir)
         self.backends = backends
         self.preprocess = preprocess
-        self.model_dir = model_dir
-        self._labels: dict[str, Array] = {}
         self._in_flight = 0
+        self._levels: dict[str, list[list[Step]]] = {}
         self.update(config)
 
     def update(self, config: V2Config, new_backends: dict[str, InferBackend] | None = None) -> None:
@@ -46,28 +48,12 @@ class VisionDataPlane:
         for m in models.values():
             for s in m.steps:
                 if s.op == "topk":
-                    self._load_labels(str(s.params.get("labels", "imagenet_labels.txt")))
+                    self.labels(str(s.params.get("labels", "imagenet_labels.txt")))
         self.backends.update(new_backends or {})
-        self.models, self._levels = models, {name: m.levels() for name, m in models.items()}
+        self.serve(models)
+        self._levels = {name: m.levels() for name, m in models.items()}
 
-    def _load_labels(self, file: str) -> Array:
-        if file not in self._labels:
-            path = self.model_dir / file
-            if not path.exists():
-                raise FileNotFoundError(f"labels file {path} not found (run build-support/setup-vision.sh)")
-            arr = np.array([line.encode() for line in path.read_text().splitlines() if line], dtype=object)
-            self._labels[file] = arr
-        return self._labels[file]
-
-    # ------------------------------------------------------------ metadata and health
-
-    def model(self, name: str, version: str | None = None) -> V2Model:
-        m = self.models.get(name)
-        if m is None:
-            raise V2Error(404, f"unknown model '{name}'")
-        if version and version not in m.versions:
-            raise V2Error(404, f"model '{name}' has no version '{version}' (versions: {', '.join(m.versions)})")
-        return m
+    # ------------------------------------------------------------ health
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
         m = self.model(name, version)
@@ -119,7 +105,7 @@ class VisionDataPlane:
         if s.op == "average_probs":
             return [np.mean([softmax(a) for a in args], axis=0).astype(np.float32)]
         if s.op == "topk":
-            labels = self._load_labels(str(s.params.get("labels", "imagenet_labels.txt")))
+            labels = self.labels(str(s.params.get("labels", "imagenet_labels.txt")))
             probs = softmax(args[0]) if s.params.get("softmax", True) else args[0]
             k = params.get("top_k", 5)
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= probs.shape[-1]:
@@ -130,9 +116,7 @@ class VisionDataPlane:
             return [labels[idx], np.take_along_axis(probs, idx, axis=-1).astype(np.float32)]
         raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the vision worker")
 
-    async def infer(self, req: InferRequest, model: V2Model | None = None) -> InferResponse:
-        """``model``: run this declaration instead of the served one (a job's catalog snapshot)."""
-        m = model or self.model(req.model, req.version)
+    async def execute(self, req: InferRequest, m: V2Model) -> InferResponse:
         values = self._inputs(m, req.inputs)
         wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
         for name in wanted:
@@ -141,7 +125,8 @@ class VisionDataPlane:
         params = {**m.parameters, **req.parameters}
         self._in_flight += 1
         try:
-            for level in self._levels[m.name] if model is None else m.levels():
+            # The served declaration's levels are computed once; a job's snapshot computes its own.
+            for level in self._levels[m.name] if self.models.get(m.name) is m else m.levels():
                 if len(level) == 1:  # the common case: no gather bookkeeping
                     results = [await self._step(level[0], values, params)]
                 else:

@@ -1,11 +1,13 @@
 """The model catalog: every served model of every domain, in one checked-in file plus overlays.
 
 ``SWITCHYARD_CATALOG`` names the file (YAML or JSON; ``infra/catalog/models.yaml`` in this
-repository); ``SWITCHYARD_CATALOG_OVERLAYS`` optionally names more files, separated by ``:``,
+repository); ``SWITCHYARD_CATALOG_OVERLAYS`` optionally names more files, separated by ``:``
+(both are fields of every process's settings, ``CatalogSettings``),
 applied in order: a model with a name already declared replaces it, a new name is added, names
 listed under ``remove`` go away, ``backends`` are merged. String values may use ``${VAR}`` or
 ``${VAR:-default}`` (deployment addresses, context sizes, ``enabled`` switches), so one catalog
-serves the local stack, CI and a cluster.
+serves the local stack, CI and a cluster; the process's entry point passes the environment they
+are read from.
 
 LLM models (``domain: llm``) list engine endpoints in fallback order; V2 models (vision, recsys)
 are step graphs over named backends (switchyard.common.v2.config). Every process loads the catalog
@@ -17,18 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from switchyard.common.config_files import read_config
 from switchyard.common.model_registry import LLM_ENGINES, ModelEntry, ModelRegistry
@@ -80,7 +80,7 @@ class Catalog:
         return None
 
 
-def _substitute(value: Any, env: dict[str, str], where: Callable[[], str]) -> Any:
+def _substitute(value: Any, env: Mapping[str, str], where: Callable[[], str]) -> Any:
     if isinstance(value, str):
         def one(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -128,7 +128,7 @@ def _check_engine(engine: Any, llm: bool, where: str) -> None:
     raise CatalogError(f"{where}: unknown engine {engine!r} (known: {', '.join(LLM_ENGINES + V2_ENGINES)})")
 
 
-def _read(path: Path, env: dict[str, str]) -> _Overlay:
+def _read(path: Path, env: Mapping[str, str]) -> _Overlay:
     try:
         raw = read_config(path)
     except FileNotFoundError:
@@ -148,9 +148,8 @@ def _read(path: Path, env: dict[str, str]) -> _Overlay:
     return doc
 
 
-def build_catalog(files: list[Path], env: dict[str, str] | None = None) -> Catalog:
-    """Read, substitute, merge and validate; raise CatalogError on the first problem."""
-    env = dict(os.environ) if env is None else env
+def build_catalog(files: list[Path], env: Mapping[str, str]) -> Catalog:
+    """Read, substitute ``${VAR}`` from ``env``, merge and validate; raise CatalogError on the first problem."""
     declared: dict[str, _Declared] = {}
     backends: dict[str, tuple[Path, dict[str, Any]]] = {}
     for n, path in enumerate(files):
@@ -209,22 +208,23 @@ def build_catalog(files: list[Path], env: dict[str, str] | None = None) -> Catal
     return Catalog(registry=ModelRegistry(models=llm), v2=V2Config(backends=v2_backends, models=v2), files=tuple(files))
 
 
-class CatalogSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+class CatalogSettings(BaseModel):
+    """Where the catalog is; every process's settings (switchyard.common.settings) include these fields."""
 
-    catalog: Path
+    # SWITCHYARD_CATALOG: the catalog file.
+    catalog: Path | None = None
     # More files applied on top, separated by ':' (deployment overlays, tests' extra models).
     catalog_overlays: str = ""
 
+    @field_validator("catalog", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
     def files(self) -> list[Path]:
-        return [self.catalog, *(Path(p) for p in self.catalog_overlays.split(os.pathsep) if p.strip())]
-
-
-def catalog_files() -> list[Path]:
-    try:
-        return CatalogSettings().files()  # type: ignore[call-arg]
-    except ValidationError:
-        raise CatalogError("SWITCHYARD_CATALOG is not set: name the model catalog file (infra/catalog/models.yaml)") from None
+        if self.catalog is None:
+            raise CatalogError("SWITCHYARD_CATALOG is not set: name the model catalog file (infra/catalog/models.yaml)")
+        return [self.catalog, *(Path(p) for p in self.catalog_overlays.split(":") if p.strip())]
 
 
 @dataclass
@@ -233,26 +233,33 @@ class CatalogHolder:
 
     current: Catalog
     files: list[Path]
+    # The environment ``${VAR}`` values come from (the process's, as it started).
+    env: Mapping[str, str] = field(default_factory=dict)
     # Called with the new catalog after a successful reload (e.g. a worker adding backends).
     listeners: list[Callable[[Catalog], None]] = field(default_factory=list)
 
     @classmethod
-    def load(cls) -> CatalogHolder:
-        files = catalog_files()
-        return cls(build_catalog(files), files)
+    def load(cls, where: CatalogSettings, env: Mapping[str, str]) -> CatalogHolder:
+        files = where.files()
+        return cls(build_catalog(files, env), files, dict(env))
 
     @classmethod
-    def load_or_exit(cls, process: str) -> CatalogHolder:
+    def load_or_exit(cls, process: str, where: CatalogSettings, env: Mapping[str, str]) -> CatalogHolder:
         """At start-up: a process must not serve a bad catalog; say why in one line and exit 2."""
         try:
-            return cls.load()
+            return cls.load(where, env)
         except CatalogError as e:
             print(f"{process}: refusing to start: bad model catalog: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
+    @classmethod
+    def empty(cls) -> CatalogHolder:
+        """A holder serving no model (packaging checks build an app without a catalog)."""
+        return cls(Catalog(registry=ModelRegistry(models=[]), v2=V2Config(backends={}, models=[])), [])
+
     def reload(self) -> bool:
         try:
-            new = build_catalog(self.files)
+            new = build_catalog(self.files, self.env)
             for listener in self.listeners:
                 listener(new)
         except CatalogError as e:

@@ -1,7 +1,12 @@
 """Per-job event streams on Redis Streams: workers publish, the API replays and tails.
 
 Stream ids are the event ids clients resume from (SSE ``Last-Event-ID``), so a reconnect gets
-exactly the events after the last one seen. Temporal is not on this path.
+exactly the events after the last one seen. Temporal is not on this path. Every access to a
+stream goes through ``EventBus``; publishing trims it (``MAXLEN ~``) and renews its expiry.
+
+A retried LLM attempt that diverges from what was streamed publishes ``reset``: the tokens before
+it are void and the attempt's tokens follow from position 0. ``TokenLedger`` is the one reading of
+that rule, for the worker resuming a job and for the API re-shaping tokens for clients.
 """
 
 from __future__ import annotations
@@ -39,6 +44,37 @@ def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> JobEvent:
     return JobEvent(id=s(entry_id), type=f["type"], data=json.loads(f["data"]))  # type: ignore[arg-type]
 
 
+class TokenLedger:
+    """A job's tokens as its clients hold them, per choice, across ``reset`` events."""
+
+    def __init__(self) -> None:
+        # Token events (their data) since the last reset, per choice, in order.
+        self.current: dict[int, list[dict[str, Any]]] = {}
+        # Positions per choice ever handed on: a reset replays them, they are not new.
+        self._delivered: dict[int, int] = {}
+
+    def apply(self, event: JobEvent) -> bool:
+        """Account for one event; True if it is a token at a position not handed on before."""
+        if event.type == "reset":
+            self.current = {}
+            return False
+        if event.type != "token":
+            return False
+        choice = int(event.data.get("choice", 0))
+        tokens = self.current.setdefault(choice, [])
+        tokens.append(event.data)
+        if len(tokens) <= self._delivered.get(choice, 0):
+            return False  # the client has this position already (best effort after a divergent retry)
+        self._delivered[choice] = len(tokens)
+        return True
+
+    def texts(self) -> dict[int, list[str]]:
+        return {c: [t["text"] for t in tokens] for c, tokens in self.current.items()}
+
+    def logprobs(self, choice: int) -> list[dict[str, Any]]:
+        return [lp for t in self.current.get(choice, []) for lp in t.get("logprobs") or []]
+
+
 class EventBus:
     def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
         self.redis = redis
@@ -54,6 +90,10 @@ class EventBus:
             pipe.expire(key, self.ttl_s)
             entry_id, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def exists(self, job_id: str) -> bool:
+        """Whether the job's stream is there (it expires ``ttl_s`` after the last event)."""
+        return bool(await self.redis.exists(stream_key(job_id)))
 
     async def read(self, job_id: str, after: str = START, count: int = 1000) -> list[JobEvent]:
         """Events strictly after ``after`` (no blocking)."""
@@ -82,15 +122,10 @@ class EventBus:
 
     async def tokens_since_reset(self, job_id: str) -> dict[int, list[str]]:
         """Token texts clients currently hold (after the last ``reset``), per choice, in order."""
-        out: dict[int, list[str]] = {}
+        ledger = TokenLedger()
         last = START
-        while True:
-            batch = await self.read(job_id, after=last, count=5000)
-            if not batch:
-                return out
+        while batch := await self.read(job_id, after=last, count=5000):
             for e in batch:
-                if e.type == "reset":
-                    out = {}
-                elif e.type == "token":
-                    out.setdefault(int(e.data.get("choice", 0)), []).append(e.data["text"])
+                ledger.apply(e)
             last = batch[-1].id
+        return ledger.texts()

@@ -1,14 +1,18 @@
-"""Settings shared by every Switchyard process, read from the environment (prefix ``SWITCHYARD_``)."""
+"""Settings shared by every Switchyard process, read from the environment (prefix ``SWITCHYARD_``).
+
+Each process builds its settings once, at its entry point (``__main__``), and passes them down;
+no other module reads the environment.
+"""
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchyard.common.catalog import CatalogSettings
 
-class CommonSettings(BaseSettings):
+
+class CommonSettings(BaseSettings, CatalogSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
     temporal_address: str = "127.0.0.1:7233"
@@ -21,8 +25,3 @@ class CommonSettings(BaseSettings):
     # Upper bound of events kept per job stream (tokens included).
     event_stream_maxlen: int = Field(default=100_000, ge=100)
     log_level: str = "INFO"
-
-
-@lru_cache(maxsize=1)
-def common_settings() -> CommonSettings:
-    return CommonSettings()

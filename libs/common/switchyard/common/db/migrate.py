@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from switchyard.common.settings import common_settings
+from switchyard.common.settings import CommonSettings
 
 
 def alembic_config(dsn: str) -> Config:
@@ -40,4 +40,4 @@ def upgrade(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    upgrade(common_settings().postgres_dsn)
+    upgrade(CommonSettings().postgres_dsn)

@@ -43,6 +43,34 @@ class TensorSpec(_Strict):
         return self
 
 
+class InputSpec(TensorSpec):
+    # Image layout of a [batch, 3 dims] input, as Triton's model configuration states it (clients
+    # such as Triton's image_client read it to lay out pixels).
+    format: Literal["NONE", "NCHW", "NHWC"] = "NONE"
+
+    @model_validator(mode="after")
+    def _format(self) -> InputSpec:
+        if self.format != "NONE" and len(self.shape) != 4:
+            raise ValueError(f"input {self.name}: format {self.format} needs a [batch, 3 dims] shape, got {self.shape}")
+        return self
+
+
+class OutputSpec(TensorSpec):
+    # Labels file (one per line, in the worker's model directory) of a numeric output: the
+    # classification extension answers "value:index:label" with them.
+    labels: str | None = Field(default=None, pattern=NAME, max_length=128)
+
+    @model_validator(mode="after")
+    def _labels(self) -> OutputSpec:
+        if self.labels is not None and self.datatype in ("BYTES", "BOOL"):
+            raise ValueError(f"output {self.name}: labels are for numeric outputs, not {self.datatype}")
+        return self
+
+
+# What V2 model metadata shows of a tensor spec (the rest is model configuration).
+METADATA_FIELDS = {"name", "datatype", "shape"}
+
+
 # Engines a V2 backend can run on (the workers' InferBackend implementations).
 V2_ENGINES = ("triton", "onnxruntime")
 
@@ -84,8 +112,8 @@ class V2Model(_Strict):
     versions: list[str] = ["1"]
     platform: str = "switchyard_ensemble"
     max_batch_size: int = Field(default=32, ge=1, le=4096)
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
     # Defaults a request may override with its own parameters (e.g. top_k).
     parameters: dict[str, int | float | str | bool] = {}
@@ -105,10 +133,10 @@ class V2Model(_Strict):
             raise ValueError(f"model {self.name}: a classifier takes one BYTES input (images) and gives 'labels' and 'scores'")
         return self
 
-    def input(self, name: str) -> TensorSpec | None:
+    def input(self, name: str) -> InputSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
 
-    def output(self, name: str) -> TensorSpec | None:
+    def output(self, name: str) -> OutputSpec | None:
         return next((t for t in self.outputs if t.name == name), None)
 
     def image_input(self) -> str | None:
@@ -144,7 +172,20 @@ class V2Model(_Strict):
     def metadata(self) -> dict[str, Any]:
         """The V2 model metadata object (REST body; gRPC has the same fields)."""
         return {"name": self.name, "versions": self.versions, "platform": self.platform,
-                "inputs": [t.model_dump() for t in self.inputs], "outputs": [t.model_dump() for t in self.outputs]}
+                "inputs": [t.model_dump(include=METADATA_FIELDS) for t in self.inputs],
+                "outputs": [t.model_dump(include=METADATA_FIELDS) for t in self.outputs]}
+
+    def triton_config(self) -> dict[str, Any]:
+        """Triton's model configuration (the model_configuration extension; REST body, gRPC
+        ``ModelConfig`` has the same fields). Dimensions leave out the batch dimension, as Triton's do."""
+        return {"name": self.name, "platform": self.platform, "backend": "", "max_batch_size": self.max_batch_size,
+                "input": [{"name": t.name, "data_type": triton_type(t.datatype), "format": f"FORMAT_{t.format}", "dims": t.shape[1:]} for t in self.inputs],
+                "output": [{"name": t.name, "data_type": triton_type(t.datatype), "dims": t.shape[1:], "label_filename": t.labels or ""} for t in self.outputs]}
+
+
+def triton_type(datatype: str) -> str:
+    """A V2 datatype as Triton's model configuration names it (BYTES is TYPE_STRING there)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
 class V2Config(_Strict):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
+from switchyard.common.v2 import triton_extensions_pb2 as ext
+from switchyard.common.v2.classification import class_count
 from switchyard.common.v2.config import V2Model
 from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.statistics import StatisticsResponse
 from switchyard.common.v2.tensors import InferRequest, InferResponse, RequestedOutput, Tensor, from_list, from_raw, to_raw
 
 SERVICE = "inference.GRPCInferenceService"
@@ -15,6 +21,16 @@ SERVICE = "inference.GRPCInferenceService"
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
              "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
              "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_message(msg_type: type[M], raw: bytes) -> M:
+    try:
+        return msg_type.FromString(raw)
+    except DecodeError:
+        raise V2Error(400, f"malformed {msg_type.__name__}") from None
 
 
 def _param(p: pb.InferParameter) -> bool | int | str | None:
@@ -41,7 +57,8 @@ def request_from_pb(msg: pb.ModelInferRequest) -> InferRequest:
             else:
                 arr = from_list(i.name, i.datatype, shape, values)
         inputs.append(Tensor(i.name, i.datatype, arr))
-    outputs = [RequestedOutput(o.name, True) for o in msg.outputs] if msg.outputs else None
+    outputs = [RequestedOutput(o.name, True, class_count(o.name, _param(o.parameters["classification"]) if "classification" in o.parameters else None))
+               for o in msg.outputs] if msg.outputs else None
     params = {k: _param(v) for k, v in msg.parameters.items()}
     return InferRequest(model=msg.model_name, version=msg.model_version or None, id=msg.id or None, inputs=inputs, outputs=outputs, parameters=params,
                         binary_output=True)
@@ -61,3 +78,16 @@ def metadata_to_pb(model: V2Model) -> pb.ModelMetadataResponse:
         for t in spec:
             target.add(name=t.name, datatype=t.datatype, shape=t.shape)
     return msg
+
+
+def config_to_pb(config: dict[str, Any]) -> ext.ModelConfigResponse:
+    """Triton's model configuration (``V2Model.triton_config``) as a ``ModelConfigResponse``."""
+    return ext.ModelConfigResponse(config=json_format.ParseDict(config, ext.ModelConfig()))
+
+
+def statistics_to_pb(stats: StatisticsResponse) -> ext.ModelStatisticsResponse:
+    return json_format.ParseDict(stats.model_dump(), ext.ModelStatisticsResponse())
+
+
+def index_to_pb(index: list[dict[str, str]]) -> ext.RepositoryIndexResponse:
+    return json_format.ParseDict({"models": index}, ext.RepositoryIndexResponse())

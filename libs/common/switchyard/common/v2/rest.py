@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from switchyard.common.v2.classification import class_count
 from switchyard.common.v2.errors import V2Error
 from switchyard.common.v2.tensors import InferRequest, InferResponse, RequestedOutput, Tensor, from_list, from_raw, to_list, to_raw
 
@@ -88,7 +89,8 @@ def parse_request(model: str, version: str | None, body: bytes, header_length: s
     default_binary = bool(req.parameters.get("binary_data_output", False))
     outputs = None
     if req.outputs is not None:
-        outputs = [RequestedOutput(o.name, bool(o.parameters.get("binary_data", default_binary))) for o in req.outputs]
+        outputs = [RequestedOutput(o.name, bool(o.parameters.get("binary_data", default_binary)), class_count(o.name, o.parameters.get("classification")))
+                   for o in req.outputs]
     params = {k: v for k, v in req.parameters.items() if k != "binary_data_output"}
     return InferRequest(model=model, version=version, id=req.id, inputs=inputs, outputs=outputs, parameters=params, binary_output=default_binary)
 

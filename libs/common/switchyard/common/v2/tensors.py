@@ -48,6 +48,8 @@ class RequestedOutput:
     name: str
     # None: the request's default (REST: JSON unless binary_data_output; gRPC: always raw).
     binary: bool | None = None
+    # Triton's classification extension: the top N classes as "value:index[:label]" strings.
+    classification: int | None = None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Accepting and cancelling jobs: shared by the job API and the OpenAI-compatible routes."""
+"""Loading, accepting and cancelling jobs: shared by the job API and the OpenAI-compatible routes."""
 
 from __future__ import annotations
 
@@ -41,13 +41,6 @@ def header_priority(value: str | None) -> PriorityValue | None:
     raise ApiError(422, "invalid_priority", "X-Priority must be 1..5 or high/normal/low", param="X-Priority")
 
 
-def key_priority(res: Resources, authorization: str | None) -> PriorityValue | None:
-    """The caller's API-key tier (``SWITCHYARD_API_KEY_TIERS``), if the key has one."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return None
-    return res.settings.api_key_tiers.get(authorization[7:].strip())
-
-
 def find_model(res: Resources, name: str, domain: str, kind: str | None = None) -> ModelEntry | V2Model:
     """The catalog's model for new work of this domain (and kind), or 404."""
     m = res.catalog.current.model(name)
@@ -57,10 +50,19 @@ def find_model(res: Resources, name: str, domain: str, kind: str | None = None) 
     return m
 
 
-def find_llm_model(res: Resources, name: str, kind: str) -> ModelEntry:
-    m = find_model(res, name, "llm", kind)
-    assert isinstance(m, ModelEntry)  # the catalog declares every llm model as a ModelEntry
-    return m
+def parse_job_id(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id") from None
+
+
+async def load_job(res: Resources, job_id: str) -> Job:
+    """The job's row, or 404."""
+    job = await res.store.get(parse_job_id(job_id))
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
+    return job
 
 
 async def admit(res: Resources, model: str) -> None:

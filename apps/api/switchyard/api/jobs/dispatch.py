@@ -25,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore
-from switchyard.common.events import EventBus, stream_key
+from switchyard.common.events import EventBus
 from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
 
 log = logging.getLogger("switchyard.api.dispatch")
@@ -68,7 +68,7 @@ class Dispatcher:
         job_id = str(job.id)
         try:
             # "queued" goes out before the workflow exists, so it is always the stream's first event.
-            if not await self.bus.redis.exists(stream_key(job_id)):
+            if not await self.bus.exists(job_id):
                 await self.bus.publish(job_id, "status", {"status": JobStatus.queued.value})
             await self.temporal.start_workflow(
                 WORKFLOW_TYPES[job.domain], spec_of(job), id=job_id, task_queue=TASK_QUEUES[job.domain],

@@ -1,4 +1,6 @@
-"""Live job events over SSE and WebSocket, resumable from the last event id seen."""
+"""Job event streaming: a job's live events over SSE and WebSocket, resumable from the last event
+id seen. ``job_events`` is the one reader of a job's events in the API (the OpenAI routes render
+from it too)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from sse_starlette import EventSourceResponse
 
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
-from switchyard.api.jobs_routes import load_job
+from switchyard.api.jobs.service import load_job
 from switchyard.common.contracts import JobEvent, JobStatus
 from switchyard.common.db.models import Job
-from switchyard.common.events import START, stream_key
+from switchyard.common.events import START
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -31,10 +33,10 @@ def _resume_point(value: str | None) -> str:
     return value
 
 
-async def job_events(res: Resources, job: Job, after: str) -> AsyncIterator[JobEvent | None]:
+async def job_events(res: Resources, job: Job, after: str = START) -> AsyncIterator[JobEvent | None]:
     """Replay then follow a job's events until it ends; None marks an idle interval."""
     job_id = str(job.id)
-    if JobStatus(job.status).terminal and not await res.redis.exists(stream_key(job_id)):
+    if JobStatus(job.status).terminal and not await res.bus.exists(job_id):
         # The stream expired; the row still knows how the job ended.
         yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
         return

@@ -1,4 +1,4 @@
-"""Backends of the V2 models: one interface, two engines.
+"""Inference backends of the V2 models (``infer`` steps): one interface, two implementations.
 
 ``TritonBackend`` calls a model on Triton Inference Server (KServe V2 over HTTP, binary tensors, via
 the official ``tritonclient``); ``OnnxRuntimeBackend`` runs the same ONNX file in this process.

@@ -13,27 +13,13 @@ from fastapi import APIRouter, Body, Header, Query, Response
 
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
-from switchyard.api.jobs_service import accept_job, admit, cancel_job, find_model, header_priority
-from switchyard.api.jobs_views import JobAccepted, JobPage, JobView
+from switchyard.api.jobs.service import accept_job, admit, cancel_job, find_model, header_priority, load_job
+from switchyard.api.jobs.views import JobAccepted, JobPage, JobView
 from switchyard.common.contracts import JobCreate, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.priority import priority_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def parse_job_id(job_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(job_id)
-    except ValueError:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id") from None
-
-
-async def load_job(res: Res, job_id: str) -> Job:
-    job = await res.store.get(parse_job_id(job_id))
-    if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
-    return job
 
 
 @router.post("", status_code=202, response_model=JobAccepted)

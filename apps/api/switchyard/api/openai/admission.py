@@ -1,0 +1,88 @@
+"""Admission of an OpenAI completion: its model, its job input, the checks an engine would fail
+on (context length, capabilities), the model's backlog and the job's priority; then the job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from pydantic import ValidationError
+
+from switchyard.api.deps import Resources
+from switchyard.api.errors import ApiError
+from switchyard.api.jobs.service import accept_job, admit, find_model, header_priority
+from switchyard.common.contracts import LlmInput
+from switchyard.common.db.models import Job
+from switchyard.common.engines.base import EngineError
+from switchyard.common.engines.factory import ADAPTERS, engine_for
+from switchyard.common.model_registry import ModelEntry
+from switchyard.common.priority import PriorityValue, priority_key
+
+# Chat template overhead per message and per request, in tokens (generous upper bounds).
+TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS = 8, 16
+
+
+def find_llm_model(res: Resources, name: str, kind: str) -> ModelEntry:
+    """The catalog's LLM model of this kind (chat, embedding), or 404."""
+    m = find_model(res, name, "llm", kind)
+    assert isinstance(m, ModelEntry)  # the catalog declares every llm model as a ModelEntry
+    return m
+
+
+def key_priority(res: Resources, authorization: str | None) -> PriorityValue | None:
+    """The caller's API-key tier (``SWITCHYARD_API_KEY_TIERS``), if the key has one."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    return res.settings.api_key_tiers.get(authorization[7:].strip())
+
+
+def llm_input(build: Callable[[], LlmInput], entry: ModelEntry, max_tokens: int | None) -> LlmInput:
+    """The job input of an OpenAI request; limits OpenAI leaves open are checked here, as 400s."""
+    if max_tokens is not None and max_tokens >= entry.context_length:
+        raise ApiError(400, "context_length_exceeded", f"max_tokens ({max_tokens}) must be below the model's context length ({entry.context_length})", param="max_tokens")
+    try:
+        return build()
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, "invalid_value", f"{param}: {err['msg']}", param=param) from None
+
+
+async def check_context(res: Resources, entry: ModelEntry, inp: LlmInput) -> None:
+    """Refuse what the engine would choke on: max_tokens or prompt beyond the model's context."""
+    ctx = entry.context_length
+    if inp.max_tokens >= ctx:
+        raise ApiError(400, "context_length_exceeded", f"max_tokens ({inp.max_tokens}) must be below the model's context length ({ctx})", param="max_tokens")
+    text = inp.prompt_text()
+    overhead = TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * len(inp.messages or [])
+    # Byte-level BPE: a token is at least one byte, so the byte count bounds the token count.
+    if len(text.encode()) + overhead + inp.max_tokens <= ctx:
+        return
+    try:
+        tokens = await engine_for(entry.endpoints[0], res.http).count_tokens(text)
+    except (EngineError, httpx.HTTPError) as e:
+        raise ApiError(503, "engine_unavailable", f"could not measure the prompt: {e}", headers={"Retry-After": "1"}) from e
+    if tokens + overhead + inp.max_tokens > ctx:
+        raise ApiError(400, "context_length_exceeded",
+                       f"This model's maximum context length is {ctx} tokens; the prompt has about {tokens + overhead} and max_tokens is {inp.max_tokens}",
+                       param="messages" if inp.messages else "prompt")
+
+
+def check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
+    """A feature is accepted only if every endpoint the request may land on honours it."""
+    if inp.logprobs:
+        lacking = sorted({ep.engine for ep in entry.endpoints if "logprobs" not in ADAPTERS[ep.engine].capabilities})
+        if lacking:
+            raise ApiError(400, "unsupported_parameter", f"logprobs are not available for {entry.name} (engine: {', '.join(lacking)})", param="logprobs")
+
+
+async def start_completion(res: Resources, entry: ModelEntry, inp: LlmInput, x_priority: str | None, authorization: str | None, user: str | None) -> Job:
+    """Check, admit and accept the completion's job (``X-Priority`` first, else the key's tier)."""
+    check_capabilities(entry, inp)
+    await check_context(res, entry, inp)
+    await admit(res, entry.name)
+    given = header_priority(x_priority)
+    prio = priority_key(given if given is not None else key_priority(res, authorization))
+    row, _ = await accept_job(res, domain="llm", model=entry.name, input=inp.model_dump(mode="json"), priority=prio,
+                              metadata={"api": "openai", **({"user": user} if user else {})})
+    return row

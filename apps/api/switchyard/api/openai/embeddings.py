@@ -1,0 +1,36 @@
+"""``/v1/embeddings``: a short synchronous call (realtime lane), no job, no workflow; the model's
+endpoints are tried in order (switchyard.common.engines.fallback)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+from switchyard.api.deps import Resources
+from switchyard.api.errors import ApiError
+from switchyard.api.openai.admission import find_llm_model
+from switchyard.api.openai.protocol import EmbeddingRequest
+from switchyard.api.openai.responses import Embedding, EmbeddingList, EmbeddingUsage
+from switchyard.common.engines.base import EngineError
+from switchyard.common.engines.factory import engine_for
+from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
+
+
+async def embed(res: Resources, body: EmbeddingRequest) -> EmbeddingList:
+    entry = find_llm_model(res, body.model, "embedding")
+
+    async def on(attempt: Attempt) -> tuple[list[list[float]], int]:
+        return await engine_for(attempt.endpoint, res.http).embed(body.texts())
+
+    try:
+        (vectors, tokens), _ = await first_endpoint_that_works(entry.name, entry.endpoints, on)
+    except EngineError as e:  # the input itself was refused: another endpoint would refuse it too
+        raise ApiError(400, "invalid_input", e.message, param="input") from e
+    except NoEndpointAnswered as e:
+        raise ApiError(503, "engine_unavailable", f"no endpoint of {entry.name} answered: {e.last}", headers={"Retry-After": "1"}) from e
+
+    def encode(v: list[float]) -> list[float] | str:
+        return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if body.encoding_format == "base64" else v
+
+    return EmbeddingList(data=[Embedding(index=i, embedding=encode(v)) for i, v in enumerate(vectors)], model=entry.name,
+                         usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))

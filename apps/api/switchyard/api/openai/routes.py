@@ -1,0 +1,64 @@
+"""OpenAI-compatible API: models, chat completions, completions, embeddings (the routes only).
+
+Every completion is a job on the durable lane (workflow on the ``llm`` queue, with priority):
+``admission`` checks and accepts it, ``rendering`` re-shapes the job's events into OpenAI's
+format. The job id is in the ``X-Switchyard-Job-Id`` header. A client that goes away cancels the
+job, which cancels the engine request. Embeddings are a synchronous call (``embeddings``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from switchyard.api.deps import Res
+from switchyard.api.errors import ApiError
+from switchyard.api.openai.admission import find_llm_model, llm_input, start_completion
+from switchyard.api.openai.embeddings import embed
+from switchyard.api.openai.model_cards import model_cards
+from switchyard.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from switchyard.api.openai.rendering import Reply, respond
+from switchyard.api.openai.responses import EmbeddingList, ModelCard, ModelList
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get("/models")
+async def list_models(res: Res) -> ModelList:
+    return ModelList(data=list(model_cards(res).values()))
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(res: Res, model_id: str) -> ModelCard:
+    card = model_cards(res).get(model_id)
+    if card is None:
+        raise ApiError(404, "model_not_found", f"The model {model_id!r} does not exist", param="model")
+    return card
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    res: Res, request: Request, body: ChatCompletionRequest,
+    x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
+) -> StreamingResponse | JSONResponse:
+    entry = find_llm_model(res, body.model, "chat")
+    inp = llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
+    job = await start_completion(res, entry, inp, x_priority, authorization, body.user)
+    return await respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage), request, body.stream)
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    res: Res, request: Request, body: CompletionRequest,
+    x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
+) -> StreamingResponse | JSONResponse:
+    entry = find_llm_model(res, body.model, "chat")
+    job = await start_completion(res, entry, llm_input(body.llm_input, entry, body.max_tokens), x_priority, authorization, body.user)
+    return await respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage), request, body.stream)
+
+
+@router.post("/embeddings")
+async def embeddings(res: Res, body: EmbeddingRequest) -> EmbeddingList:
+    return await embed(res, body)

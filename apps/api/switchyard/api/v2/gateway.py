@@ -1,0 +1,170 @@
+"""The API's KServe V2 data plane: the realtime lane, forwarded to the worker that owns the model.
+
+A ``DataPlane`` (switchyard.common.v2.dataplane) served by the shared REST and gRPC front ends:
+server metadata, health, model metadata, configuration and the repository index are answered here
+from the model catalog (switchyard.common.catalog, reloadable); readiness, statistics and inference
+go to the model's worker. Each domain's worker has one V2 HTTP endpoint (``SWITCHYARD_V2_UPSTREAMS``)
+behind one circuit breaker. REST bodies pass through untouched (the worker validates and answers in
+V2 form); gRPC calls travel the same hop through the worker's gRPC tunnel
+(switchyard.common.v2.asgi), parsed only as far as routing needs. Only failures of the worker
+(unreachable, timeout, 5xx) count against the breaker; an open breaker answers 503 + Retry-After
+(gRPC: UNAVAILABLE) without calling the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from pydantic import ValidationError
+from starlette.types import Scope
+
+from switchyard.api.settings import ApiSettings
+from switchyard.common.breaker import Breaker, BreakerOpen
+from switchyard.common.catalog import CatalogHolder
+from switchyard.common.http1 import Http1Client
+from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
+from switchyard.common.v2.asgi import PROTOBUF
+from switchyard.common.v2.config import V2Config, V2Model
+from switchyard.common.v2.dataplane import DataPlane, model_path
+from switchyard.common.v2.errors import V2Error, error_message
+from switchyard.common.v2.grpc_codec import parse_message
+from switchyard.common.v2.statistics import StatisticsResponse
+
+# Headers of a V2 answer that travel back to the client.
+PASS_HEADERS = ("content-type", "inference-header-content-length")
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class _Failed(Exception):
+    """A worker answer that counts as a failure (5xx) but is still returned to the client."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+@dataclass
+class _Worker:
+    domain: str
+    breaker: Breaker
+    # A lean HTTP/1.1 client: 0.3-0.45 ms less per request than aiohttp (switchyard.common.http1).
+    http: Http1Client
+
+
+def unavailable(e: BreakerOpen) -> V2Error:
+    return V2Error(503, f"{e}; retry later", headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))})
+
+
+class V2Gateway(DataPlane):
+    def __init__(self, settings: ApiSettings, catalog: CatalogHolder) -> None:
+        super().__init__("switchyard")
+        self.catalog = catalog
+        self.workers = {
+            domain: _Worker(domain, Breaker(f"{domain} worker", fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s),
+                            Http1Client.for_url(up.http, timeout_s=settings.v2_timeout_s))
+            for domain, up in settings.v2_upstreams.items()
+        }
+        self.timeout_s = settings.v2_timeout_s
+
+    @property
+    def config(self) -> V2Config:
+        return self.catalog.current.v2
+
+    async def close(self) -> None:
+        for w in self.workers.values():
+            await w.http.close()
+
+    def known_models(self) -> Iterable[V2Model]:
+        return self.config.models
+
+    def serves(self, model: V2Model) -> bool:
+        return model.domain in self.workers
+
+    def find(self, name: str) -> V2Model | None:
+        m = self.config.get(name)
+        return m if m is not None and self.serves(m) else None
+
+    async def ready(self) -> bool:
+        for w in self.workers.values():
+            try:
+                if (await w.http.request("GET", "/v2/health/ready", timeout_s=2.0)).status != 200:
+                    return False
+            except OSError:  # TimeoutError included
+                return False
+        return True
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        m = self.model(name, version)
+        answer = await self.forward_http(m.domain, model_path(name, version) + "/ready", None, {})
+        if answer.status in (200, 503):
+            return answer.status == 200
+        raise V2Error(answer.status, error_message(answer.body, f"the {m.domain} worker answered HTTP {answer.status}"))
+
+    async def statistics(self, name: str | None = None, version: str | None = None) -> StatisticsResponse:
+        """One model's from its worker; all models' from every worker, merged."""
+        if name:
+            m = self.model(name, version)
+            return await self._statistics(m.domain, model_path(name, version) + "/stats")
+        answers = await asyncio.gather(*(self._statistics(domain, "/v2/models/stats") for domain in self.workers))
+        return StatisticsResponse(model_stats=[s for a in answers for s in a.model_stats])
+
+    async def _statistics(self, domain: str, path: str) -> StatisticsResponse:
+        answer = await self.forward_http(domain, path, None, {})
+        if answer.status != 200:
+            raise V2Error(answer.status, error_message(answer.body, f"the {domain} worker answered HTTP {answer.status}"))
+        try:
+            return StatisticsResponse.model_validate_json(answer.body)
+        except ValidationError:
+            raise V2Error(502, f"the {domain} worker answered statistics Switchyard cannot read") from None
+
+    async def infer_rest(self, name: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        m = self.model(name, version)
+        answer = await self.forward_http(m.domain, model_path(name, version) + "/infer", body, {k: headers[k] for k in PASS_HEADERS if k in headers})
+        return answer.status, answer.body, answer.headers
+
+    async def infer_grpc(self, request: bytes, timeout_s: float | None) -> bytes:
+        req = parse_message(pb.ModelInferRequest, request)
+        return await self.forward_grpc(self.model(req.model_name, req.model_version or None), "ModelInfer", request, timeout_s)
+
+    async def forward_http(self, domain: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float | None = None) -> Answer:
+        """POST (body) or GET (None) ``path`` on the domain's worker."""
+        w = self.workers[domain]
+        timeout_s = min(timeout_s or self.timeout_s, self.timeout_s)
+        try:
+            async with w.breaker.guard():
+                try:
+                    r = await w.http.request("GET" if body is None else "POST", quote(path), body or b"", headers, timeout_s=timeout_s)
+                    answer = Answer(r.status, r.body, {k: v for k in PASS_HEADERS if (v := r.headers.get(k)) is not None})
+                except TimeoutError:
+                    raise V2Error(504, f"the {w.domain} worker did not answer within {timeout_s:.0f}s") from None
+                except OSError as e:
+                    raise V2Error(503, f"the {w.domain} worker is unreachable ({type(e).__name__})", headers={"Retry-After": "1"}) from None
+                if answer.status >= 500:
+                    raise _Failed(answer)
+                return answer
+        except _Failed as f:
+            return f.answer
+        except BreakerOpen as e:
+            raise unavailable(e) from None
+
+    async def forward_grpc(self, model: V2Model, method: str, request: bytes, timeout_s: float | None) -> bytes:
+        """Call gRPC ``method`` (e.g. ModelInfer) on the model's worker with the client's serialized
+        request; the serialized response back, or the worker's error as a V2Error."""
+        answer = await self.forward_http(model.domain, f"/v2/grpc/{method}", request, {"content-type": PROTOBUF}, timeout_s)
+        if answer.status == 200:
+            return answer.body
+        raise V2Error(answer.status, error_message(answer.body, f"the {model.domain} worker answered HTTP {answer.status}"))
+
+
+def gateway_of(scope: Scope) -> V2Gateway:
+    """The gateway of the app serving ``scope`` (created in its lifespan, after the app)."""
+    return scope["app"].state.resources.v2  # type: ignore[no-any-return]

@@ -1,0 +1,14 @@
+"""The shared KServe V2 REST front end (switchyard.common.v2.rest_frontend) in the API's FastAPI
+app: the same endpoints, registered as FastAPI routes so that they are in the OpenAPI document."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from switchyard.api.v2.gateway import gateway_of
+from switchyard.common.v2 import rest_frontend
+
+
+def add_routes(app: FastAPI) -> None:
+    for e in rest_frontend.endpoints(gateway_of):
+        app.add_api_route(e.path, e.handler, methods=list(e.methods), tags=["kserve-v2"])

@@ -1,0 +1,211 @@
+"""Before/after: the platform's own code at a baseline git revision against the working tree, side
+by side on one stack, paired request by request.
+
+The stack (engines, Triton, Temporal, workers, API) runs the working tree. Next to it the benchmark
+starts the baseline revision's API and vision worker (`git archive` of their sources, same
+environment, own ports, the same Triton and engines). Each round sends one request to each API in
+random order, so both see the same machine state; the cost of the change is the per-round
+difference (after − before): its median and a bootstrap 95 % confidence interval. Medians of
+separate batches drift more than the effects measured here.
+
+Probes (API ports directly, no Nginx: the ingress is not part of the change):
+- vision-classify over V2 REST (binary JPEG in, JSON out) and V2 gRPC, each through API → worker → Triton;
+- an OpenAI chat completion on llama.cpp through the durable lane: streamed time to first token, and
+  non-streamed ``max_tokens=1`` total time. The LLM worker is the working tree's for both APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from switchyard.devstack.models import sample_images
+from switchyard.devstack.procs import Proc, free_port, http_ready
+from switchyard.devstack.stack import LLM_MODEL, Stack
+from switchyard_bench.stats import RESULTS, pct
+from switchyard_bench.vision import v2_grpc, v2_http
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_DIRS = ("libs/common", "apps/api", "apps/worker-vision")
+CATALOG = "infra/catalog/models.yaml"  # the baseline reads its own catalog (the schema may have changed)
+Probe = Callable[[int], float]  # round number → milliseconds
+
+
+def baseline_tree(rev: str) -> Path:
+    """The baseline revision's sources, unpacked into a temporary folder."""
+    out = Path(tempfile.mkdtemp(prefix=f"switchyard-ab-{rev[:12]}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *SOURCE_DIRS, CATALOG], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def _pythonpath(env: dict[str, str], tree: Path) -> str:
+    """The environment's PYTHONPATH with this repository's source folders swapped for ``tree``'s."""
+    swap = {str(ROOT / d): str(tree / d) for d in SOURCE_DIRS}
+    return ":".join(swap.get(p, p) for p in env["PYTHONPATH"].split(":"))
+
+
+def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
+    """The baseline's vision worker and API, configured like the stack's own; their ports."""
+    ports = {"api": free_port(), "api_grpc": free_port(), "vision_http": free_port(), "vision_grpc": free_port()}
+    worker_env = {**stack.procs["worker-vision"].env, "PYTHONPATH": _pythonpath(stack.procs["worker-vision"].env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG),
+                  "SWITCHYARD_VISION_HTTP_PORT": str(ports["vision_http"]), "SWITCHYARD_VISION_GRPC_PORT": str(ports["vision_grpc"])}
+    api_env = {**stack.procs["api"].env, "PYTHONPATH": _pythonpath(stack.procs["api"].env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG),
+               "SWITCHYARD_API_PORT": str(ports["api"]), "SWITCHYARD_GRPC_PORT": str(ports["api_grpc"]),
+               "SWITCHYARD_V2_UPSTREAMS": json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}})}
+    logs = stack.cfg.state_dir / "logs"
+    stack.procs["baseline-worker-vision"] = Proc("baseline-worker-vision", [sys.executable, "-m", "switchyard.worker_vision"], worker_env,
+                                                 logs / "baseline-worker-vision.log", http_ready(f"http://127.0.0.1:{ports['vision_http']}/v2/health/ready"),
+                                                 ready_timeout_s=120)
+    stack.procs["baseline-api"] = Proc("baseline-api", [sys.executable, "-m", "switchyard.api"], api_env, logs / "baseline-api.log",
+                                       http_ready(f"http://127.0.0.1:{ports['api']}/healthz"))
+    for name in ("baseline-worker-vision", "baseline-api"):
+        stack.procs[name].start()
+        stack.procs[name].wait_ready()
+    return ports
+
+
+def timed(call: Callable[[], list[str]]) -> Probe:
+    def probe(_: int) -> float:
+        t0 = time.perf_counter()
+        labels = call()
+        ms = (time.perf_counter() - t0) * 1000
+        assert labels[0] == "palace", labels
+        return ms
+
+    return probe
+
+
+def _chat(i: int, max_tokens: int, stream: bool) -> dict[str, Any]:
+    # A fresh nonce per request: no prompt-cache hits.
+    return {"model": LLM_MODEL, "messages": [{"role": "user", "content": f"[{uuid.uuid4().hex[:12]}] Say something about number {i}."}],
+            "max_tokens": max_tokens, "stream": stream}
+
+
+def ttft(http: httpx.Client) -> Probe:
+    def probe(i: int) -> float:
+        t0 = time.perf_counter()
+        with http.stream("POST", "/v1/chat/completions", json=_chat(i, 8, True)) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
+                    if delta.get("content"):
+                        ms = (time.perf_counter() - t0) * 1000
+                        for _ in lines:  # read to the end: the next round starts on an idle engine
+                            pass
+                        return ms
+        raise AssertionError("no token")
+
+    return probe
+
+
+def one_token(http: httpx.Client) -> Probe:
+    def probe(i: int) -> float:
+        t0 = time.perf_counter()
+        r = http.post("/v1/chat/completions", json=_chat(i, 1, False))
+        ms = (time.perf_counter() - t0) * 1000
+        assert r.status_code == 200, r.text[:200]
+        return ms
+
+    return probe
+
+
+def paired(before: Probe, after: Probe, rounds: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Both probes once per round, in random order; warm-up rounds are dropped."""
+    b: list[float] = []
+    a: list[float] = []
+    rng = random.Random(7)
+    for i in range(warmup + rounds):
+        order = [(before, b), (after, a)]
+        rng.shuffle(order)
+        for probe, out in order:
+            ms = probe(i)
+            if i >= warmup:
+                out.append(ms)
+    return b, a
+
+
+def median_ci(diffs: list[float], n_boot: int = 4000, seed: int = 11) -> tuple[float, float, float]:
+    """Median of the paired differences and its bootstrap 95 % interval."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(diffs)
+    boots = np.median(rng.choice(arr, size=(n_boot, len(arr)), replace=True), axis=1)
+    return float(np.median(arr)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80) -> None:
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", baseline_rev], check=True, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *SOURCE_DIRS, "apps/worker-llm"], check=True, capture_output=True, text=True).stdout)
+    ports = start_baseline(stack, baseline_tree(rev))
+    jpeg = sample_images()["china"]
+    urls = {"before": f"http://127.0.0.1:{ports['api']}", "after": f"http://127.0.0.1:{stack.cfg.api_port}"}
+    grpc_urls = {"before": f"127.0.0.1:{ports['api_grpc']}", "after": f"127.0.0.1:{stack.cfg.api_grpc_port}"}
+    clients = {k: httpx.Client(base_url=u, timeout=60) for k, u in urls.items()}
+    cases: list[tuple[str, dict[str, Probe], int]] = [
+        ("vision-classify, V2 REST via API", {k: timed(v2_http(u.removeprefix("http://"), jpeg)) for k, u in urls.items()}, rounds),
+        ("vision-classify, V2 gRPC via API", {k: timed(v2_grpc(u, jpeg)) for k, u in grpc_urls.items()}, rounds),
+        ("chat on llama.cpp, streamed TTFT", {k: ttft(c) for k, c in clients.items()}, llm_rounds),
+        ("chat on llama.cpp, max_tokens=1, total", {k: one_token(c) for k, c in clients.items()}, llm_rounds),
+    ]
+    rows = []
+    try:
+        for name, probes, n in cases:
+            b, a = paired(probes["before"], probes["after"], n, warmup=10)
+            med, lo, hi = median_ci([x - y for x, y in zip(a, b, strict=True)])
+            rows.append({"name": name, "n": n, "before_p50_ms": round(statistics.median(b), 2), "before_p99_ms": round(pct(b, 99), 2),
+                         "after_p50_ms": round(statistics.median(a), 2), "after_p99_ms": round(pct(a, 99), 2),
+                         "diff_median_ms": round(med, 2), "diff_ci95_ms": [round(lo, 2), round(hi, 2)]})
+            print(_row(rows[-1]), flush=True)
+    finally:
+        for c in clients.values():
+            c.close()
+    head_lbl = f"{head}{' + uncommitted changes' if dirty else ''}"
+    notes = {"before": rev, "after": head_lbl, "machine": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
+             "method": "one stack; the baseline's API and vision worker run beside the working tree's on the same engines; each round sends one "
+                       "request to each API in random order; diff = after − before per round, median with bootstrap 95 % CI; concurrency 1; API ports "
+                       "directly (no Nginx)."}
+    meta = {"bench": "before_after", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **notes}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "before_after.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / "before_after.md").write_text(f"# before_after\n\n{json.dumps(meta, indent=2)}\n\n{_table(rows)}\n")
+    print(_table(rows))
+
+
+def _row(r: dict[str, Any]) -> str:
+    lo, hi = r["diff_ci95_ms"]
+    return (f"| {r['name']:<40} | {r['n']:>4} | {r['before_p50_ms']:>8.2f} | {r['before_p99_ms']:>8.2f} | {r['after_p50_ms']:>8.2f} | "
+            f"{r['after_p99_ms']:>8.2f} | {r['diff_median_ms']:>+7.2f} [{lo:+.2f}, {hi:+.2f}] |")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (f"| {'measurement':<40} | {'n':>4} | {'before p50':>8} | {'before p99':>8} | {'after p50':>8} | {'after p99':>8} | "
+            f"{'after − before, median [95% CI] ms':>24} |")
+    return "\n".join([head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|", *(_row(r) for r in rows)])
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            flags = Path("/proc/cpuinfo").read_text()
+            return f"{line.split(':', 1)[1].strip()}{', AVX-512' if 'avx512f' in flags else ''}"
+    return "unknown"

@@ -1,0 +1,116 @@
+"""The KServe V2 gRPC front end (``inference.GRPCInferenceService`` plus Triton's ModelConfig,
+ModelStatistics and RepositoryIndex) on any DataPlane: the API's gRPC ingress and a worker's gRPC
+port, and the HTTP gRPC tunnel (``POST /v2/grpc/{Method}``, switchyard.common.v2.asgi) through which
+the API forwards calls to a worker.
+
+Methods take and return serialized messages (no (de)serializers on the server): a request is parsed
+only as far as its handler needs, and the API's gateway forwards ModelInfer without re-encoding it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
+from switchyard.common.v2 import triton_extensions_pb2 as ext
+from switchyard.common.v2.asgi import TunnelHandler
+from switchyard.common.v2.dataplane import DataPlane
+from switchyard.common.v2.errors import V2Error
+from switchyard.common.v2.grpc_codec import SERVICE, config_to_pb, index_to_pb, metadata_to_pb, parse_message, statistics_to_pb
+
+log = logging.getLogger("switchyard.v2")
+
+# (serialized request, seconds left of the client's deadline) → serialized response
+Method = Callable[[bytes, float | None], Awaitable[bytes]]
+
+
+def methods(plane: DataPlane) -> dict[str, Method]:
+    async def server_live(_: bytes, __: float | None) -> bytes:
+        return bytes(pb.ServerLiveResponse(live=await plane.live()).SerializeToString())
+
+    async def server_ready(_: bytes, __: float | None) -> bytes:
+        return bytes(pb.ServerReadyResponse(ready=await plane.ready()).SerializeToString())
+
+    async def server_metadata(_: bytes, __: float | None) -> bytes:
+        return bytes(pb.ServerMetadataResponse(**plane.server_metadata()).SerializeToString())
+
+    async def model_ready(raw: bytes, _: float | None) -> bytes:
+        req = parse_message(pb.ModelReadyRequest, raw)
+        return bytes(pb.ModelReadyResponse(ready=await plane.model_ready(req.name, req.version or None)).SerializeToString())
+
+    async def model_metadata(raw: bytes, _: float | None) -> bytes:
+        req = parse_message(pb.ModelMetadataRequest, raw)
+        return bytes(metadata_to_pb(plane.model(req.name, req.version or None)).SerializeToString())
+
+    async def model_config(raw: bytes, _: float | None) -> bytes:
+        req = parse_message(ext.ModelConfigRequest, raw)
+        return bytes(config_to_pb(plane.model_config(req.name, req.version or None)).SerializeToString())
+
+    async def model_statistics(raw: bytes, _: float | None) -> bytes:
+        req = parse_message(ext.ModelStatisticsRequest, raw)
+        return bytes(statistics_to_pb(await plane.statistics(req.name or None, req.version or None)).SerializeToString())
+
+    async def repository_index(raw: bytes, _: float | None) -> bytes:
+        req = parse_message(ext.RepositoryIndexRequest, raw)
+        return bytes(index_to_pb(plane.repository_index(req.ready)).SerializeToString())
+
+    return {
+        "ServerLive": server_live,
+        "ServerReady": server_ready,
+        "ServerMetadata": server_metadata,
+        "ModelReady": model_ready,
+        "ModelMetadata": model_metadata,
+        "ModelConfig": model_config,
+        "ModelStatistics": model_statistics,
+        "RepositoryIndex": repository_index,
+        "ModelInfer": plane.infer_grpc,
+    }
+
+
+def handlers(plane: DataPlane) -> grpc.GenericRpcHandler:
+    def guarded(fn: Method) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                return await fn(raw, context.time_remaining())
+            except V2Error as e:
+                for k, v in e.headers.items():
+                    context.set_trailing_metadata(((k.lower(), v),))
+                await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+            except Exception:
+                log.exception("gRPC call failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {plane.server_name}")
+            raise AssertionError("unreachable")  # abort raises
+
+        return call
+
+    return grpc.method_handlers_generic_handler(SERVICE, {name: grpc.unary_unary_rpc_method_handler(guarded(fn)) for name, fn in methods(plane).items()})
+
+
+def tunnel(plane: DataPlane) -> TunnelHandler:
+    """The same methods for the HTTP gRPC tunnel: errors as V2Errors, which the caller maps back to gRPC."""
+    table = methods(plane)
+
+    async def call(method: str, body: bytes) -> bytes:
+        fn = table.get(method)
+        if fn is None:
+            raise V2Error(501, f"{SERVICE} has no method {method}")
+        try:
+            return await fn(body, None)
+        except V2Error:
+            raise
+        except Exception:
+            log.exception("gRPC call failed")
+            raise V2Error(500, f"internal error in {plane.server_name}") from None
+
+    return call
+
+
+async def start_server(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    server.add_generic_rpc_handlers((handlers(plane),))
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server
