@@ -2,8 +2,9 @@
 by side on one stack, paired request by request.
 
 The stack (engines, Triton, Temporal, workers, API) runs the working tree. Next to it the benchmark
-starts the baseline revision's API and vision worker (`git archive` of their sources, same
-environment, own ports, the same Triton and engines). Each round sends one request to each API in
+starts the baseline revision's API, LLM worker and vision worker (`git archive` of their sources,
+same environment, own ports, own database and Temporal namespace, the same Temporal server, Redis,
+Triton and engines). Each round sends one request to each API in
 random order, so both see the same machine state; the cost of the change is the per-round
 difference (after − before): its median and a bootstrap 95 % confidence interval. Medians of
 separate batches drift more than the effects measured here.
@@ -11,7 +12,8 @@ separate batches drift more than the effects measured here.
 Probes (API ports directly, no Nginx: the ingress is not part of the change):
 - vision-classify over V2 REST (binary JPEG in, JSON out) and V2 gRPC, each through API → worker → Triton;
 - an OpenAI chat completion on llama.cpp through the durable lane: streamed time to first token, and
-  non-streamed ``max_tokens=1`` total time. The LLM worker is the working tree's for both APIs.
+  non-streamed ``max_tokens=1`` total time, each API with its own revision's LLM worker;
+- job submission (``POST /v1/jobs`` until its 202).
 """
 
 from __future__ import annotations
@@ -34,15 +36,17 @@ from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy.engine import make_url
 
+from switchyard.devstack.client import llm_job
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.procs import Proc, free_port, http_ready
-from switchyard.devstack.stack import LLM_MODEL, Stack
+from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal
 from switchyard_bench.stats import RESULTS, pct
 from switchyard_bench.vision import v2_grpc, v2_http
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("libs/common", "apps/api", "apps/worker-vision")
+SOURCE_DIRS = ("libs/common", "apps/api", "apps/worker-llm", "apps/worker-vision")
 CATALOG = "infra/catalog/models.yaml"  # the baseline reads its own catalog (the schema may have changed)
 Probe = Callable[[int], float]  # round number → milliseconds
 
@@ -63,22 +67,35 @@ def _pythonpath(env: dict[str, str], tree: Path) -> str:
 
 
 def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
-    """The baseline's vision worker and API, configured like the stack's own; their ports."""
+    """The baseline's API, LLM worker and vision worker, configured like the stack's own but with
+    their own database (migrated by their own code: the schema may differ) and their own Temporal
+    namespace (so that each API's jobs run on its own revision's workers); their ports."""
     ports = {"api": free_port(), "api_grpc": free_port(), "vision_http": free_port(), "vision_grpc": free_port()}
-    worker_env = {**stack.procs["worker-vision"].env, "PYTHONPATH": _pythonpath(stack.procs["worker-vision"].env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG),
-                  "SWITCHYARD_VISION_HTTP_PORT": str(ports["vision_http"]), "SWITCHYARD_VISION_GRPC_PORT": str(ports["vision_grpc"])}
-    api_env = {**stack.procs["api"].env, "PYTHONPATH": _pythonpath(stack.procs["api"].env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG),
-               "SWITCHYARD_API_PORT": str(ports["api"]), "SWITCHYARD_GRPC_PORT": str(ports["api_grpc"]),
-               "SWITCHYARD_V2_UPSTREAMS": json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}})}
+    namespace = "baseline"
+    subprocess.run([find_temporal(), "operator", "namespace", "create", "--namespace", namespace, "--address", f"127.0.0.1:{stack.cfg.temporal_port}"],
+                   check=True, capture_output=True)
+    dsn = make_url(stack.procs["api"].env["SWITCHYARD_POSTGRES_DSN"])
+    dsn = dsn.set(database=f"{dsn.database}_base_{tree.name.split('-')[2]}")
+
+    def env_of(proc: str, **extra: str) -> dict[str, str]:
+        env = stack.procs[proc].env
+        return {**env, "PYTHONPATH": _pythonpath(env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG), "SWITCHYARD_TEMPORAL_NAMESPACE": namespace,
+                "SWITCHYARD_POSTGRES_DSN": dsn.render_as_string(hide_password=False), **extra}
+
+    api_env = env_of("api", SWITCHYARD_API_PORT=str(ports["api"]), SWITCHYARD_GRPC_PORT=str(ports["api_grpc"]),
+                     SWITCHYARD_V2_UPSTREAMS=json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}}))
+    subprocess.run([sys.executable, "-m", "switchyard.common.db.migrate"], env=api_env, check=True)
     logs = stack.cfg.state_dir / "logs"
-    stack.procs["baseline-worker-vision"] = Proc("baseline-worker-vision", [sys.executable, "-m", "switchyard.worker_vision"], worker_env,
-                                                 logs / "baseline-worker-vision.log", http_ready(f"http://127.0.0.1:{ports['vision_http']}/v2/health/ready"),
-                                                 ready_timeout_s=120)
-    stack.procs["baseline-api"] = Proc("baseline-api", [sys.executable, "-m", "switchyard.api"], api_env, logs / "baseline-api.log",
-                                       http_ready(f"http://127.0.0.1:{ports['api']}/healthz"))
-    for name in ("baseline-worker-vision", "baseline-api"):
-        stack.procs[name].start()
-        stack.procs[name].wait_ready()
+    llm = Proc("baseline-worker-llm", [sys.executable, "-m", "switchyard.worker_llm"], env_of("worker-llm"), logs / "baseline-worker-llm.log", lambda: False)
+    llm.ready = llm.log_contains("worker started")
+    vision = Proc("baseline-worker-vision", [sys.executable, "-m", "switchyard.worker_vision"],
+                  env_of("worker-vision", SWITCHYARD_VISION_HTTP_PORT=str(ports["vision_http"]), SWITCHYARD_VISION_GRPC_PORT=str(ports["vision_grpc"])),
+                  logs / "baseline-worker-vision.log", http_ready(f"http://127.0.0.1:{ports['vision_http']}/v2/health/ready"), ready_timeout_s=120)
+    api = Proc("baseline-api", [sys.executable, "-m", "switchyard.api"], api_env, logs / "baseline-api.log", http_ready(f"http://127.0.0.1:{ports['api']}/healthz"))
+    for proc in (llm, vision, api):
+        stack.procs[proc.name] = proc
+        proc.start()
+        proc.wait_ready()
     return ports
 
 
@@ -103,7 +120,7 @@ def ttft(http: httpx.Client) -> Probe:
     def probe(i: int) -> float:
         t0 = time.perf_counter()
         with http.stream("POST", "/v1/chat/completions", json=_chat(i, 8, True)) as r:
-            assert r.status_code == 200
+            assert r.status_code == 200, r.read()[:200]
             lines = r.iter_lines()
             for line in lines:
                 if line.startswith("data: ") and line != "data: [DONE]":
@@ -124,6 +141,18 @@ def one_token(http: httpx.Client) -> Probe:
         r = http.post("/v1/chat/completions", json=_chat(i, 1, False))
         ms = (time.perf_counter() - t0) * 1000
         assert r.status_code == 200, r.text[:200]
+        return ms
+
+    return probe
+
+
+def submit(http: httpx.Client) -> Probe:
+    """``POST /v1/jobs`` until the 202 (the job itself runs afterwards, on the shared LLM worker)."""
+    def probe(i: int) -> float:
+        t0 = time.perf_counter()
+        r = http.post("/v1/jobs", json=llm_job(f"[{uuid.uuid4().hex[:12]}] Say hi.", max_tokens=1))
+        ms = (time.perf_counter() - t0) * 1000
+        assert r.status_code == 202, r.text[:200]
         return ms
 
     return probe
@@ -155,17 +184,20 @@ def median_ci(diffs: list[float], n_boot: int = 4000, seed: int = 11) -> tuple[f
 def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80) -> None:
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", baseline_rev], check=True, capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *SOURCE_DIRS, "apps/worker-llm"], check=True, capture_output=True, text=True).stdout)
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *SOURCE_DIRS], check=True, capture_output=True, text=True).stdout)
     ports = start_baseline(stack, baseline_tree(rev))
     jpeg = sample_images()["china"]
     urls = {"before": f"http://127.0.0.1:{ports['api']}", "after": f"http://127.0.0.1:{stack.cfg.api_port}"}
     grpc_urls = {"before": f"127.0.0.1:{ports['api_grpc']}", "after": f"127.0.0.1:{stack.cfg.api_grpc_port}"}
-    clients = {k: httpx.Client(base_url=u, timeout=60) for k, u in urls.items()}
+    # The working tree's API wants a key; a baseline from before keys ignores the header.
+    clients = {k: httpx.Client(base_url=u, timeout=60, headers={"Authorization": f"Bearer {stack.dev_key}"}) for k, u in urls.items()}
     cases: list[tuple[str, dict[str, Probe], int]] = [
-        ("vision-classify, V2 REST via API", {k: timed(v2_http(u.removeprefix("http://"), jpeg)) for k, u in urls.items()}, rounds),
-        ("vision-classify, V2 gRPC via API", {k: timed(v2_grpc(u, jpeg)) for k, u in grpc_urls.items()}, rounds),
+        ("vision-classify, V2 REST via API", {k: timed(v2_http(u.removeprefix("http://"), jpeg, stack.dev_key)) for k, u in urls.items()}, rounds),
+        ("vision-classify, V2 gRPC via API", {k: timed(v2_grpc(u, jpeg, stack.dev_key)) for k, u in grpc_urls.items()}, rounds),
         ("chat on llama.cpp, streamed TTFT", {k: ttft(c) for k, c in clients.items()}, llm_rounds),
         ("chat on llama.cpp, max_tokens=1, total", {k: one_token(c) for k, c in clients.items()}, llm_rounds),
+        # Last: the jobs it accepts keep the LLM worker busy for a while.
+        ("job submission (POST /v1/jobs → 202)", {k: submit(c) for k, c in clients.items()}, rounds),
     ]
     rows = []
     try:
@@ -181,13 +213,15 @@ def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80
             c.close()
     head_lbl = f"{head}{' + uncommitted changes' if dirty else ''}"
     notes = {"before": rev, "after": head_lbl, "machine": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
-             "method": "one stack; the baseline's API and vision worker run beside the working tree's on the same engines; each round sends one "
+             "method": "one stack; the baseline's API, LLM and vision workers (own database and Temporal namespace) run beside the working tree's on the "
+                       "same engines; each round sends one "
                        "request to each API in random order; diff = after − before per round, median with bootstrap 95 % CI; concurrency 1; API ports "
                        "directly (no Nginx)."}
     meta = {"bench": "before_after", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **notes}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "before_after.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (RESULTS / "before_after.md").write_text(f"# before_after\n\n{json.dumps(meta, indent=2)}\n\n{_table(rows)}\n")
+    name = f"before_after-{rev}"  # one file per baseline: each change keeps its own record
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n{json.dumps(meta, indent=2)}\n\n{_table(rows)}\n")
     print(_table(rows))
 
 

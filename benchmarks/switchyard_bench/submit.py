@@ -32,8 +32,9 @@ def _timed(fn, n: int, workers: int = 1) -> tuple[list[float], float]:  # type: 
 
 
 def run(stack: Stack) -> None:
-    edge = httpx.Client(base_url=stack.ingress, timeout=30)
-    direct = httpx.Client(base_url=f"http://127.0.0.1:{stack.cfg.api_port}", timeout=30)
+    auth = {"Authorization": f"Bearer {stack.dev_key}"}
+    edge = httpx.Client(base_url=stack.ingress, timeout=30, headers=auth)
+    direct = httpx.Client(base_url=f"http://127.0.0.1:{stack.cfg.api_port}", timeout=30, headers=auth)
     body = llm_job("Say hi.", max_tokens=1)
 
     def post(c: httpx.Client) -> None:
@@ -73,6 +74,6 @@ def run(stack: Stack) -> None:
 
 def drain(stack: Stack) -> None:
     """Wait until the jobs queued so far have run (a low-priority job goes last)."""
-    client = JobClient(stack.ingress)
+    client = JobClient(stack.ingress, key=stack.dev_key)
     for _ in client.events(client.submit(llm_job("Say bye.", max_tokens=1, priority="low")), timeout=900):
         pass

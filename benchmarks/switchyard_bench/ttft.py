@@ -51,7 +51,7 @@ def engine_direct(endpoint: Endpoint) -> Probe:
 
 def through_lane(stack: Stack, model: str) -> Probe:
     def probe(i: int) -> tuple[float, float]:
-        with httpx.Client(base_url=stack.ingress, timeout=60) as c:
+        with httpx.Client(base_url=stack.ingress, timeout=60, headers={"Authorization": f"Bearer {stack.dev_key}"}) as c:
             t0 = time.perf_counter()
             job_id = c.post("/v1/jobs", json={**llm_job(_prompt(i), max_tokens=MAX_TOKENS, ignore_eos=True, seed=None), "model": model}).json()["id"]
             first, n = 0.0, 0

@@ -126,19 +126,23 @@ class Direct:
         return self._top5((await triton.infer("efficientnet_lite0", inputs, outputs=outputs)).as_numpy("logits"))
 
 
-def v2_http(url: str, image: bytes) -> Callable[[], list[str]]:
+def v2_http(url: str, image: bytes, key: str | None = None) -> Callable[[], list[str]]:
+    """V2 REST infer of vision-classify; ``key``: the API key (Switchyard's API; not the worker's own port)."""
     client = httpclient.InferenceServerClient(url)
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
     inp = httpclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
     outs = [httpclient.InferRequestedOutput("labels", binary_data=True), httpclient.InferRequestedOutput("scores", binary_data=True)]
-    return lambda: [b.decode() for b in client.infer(MODEL, [inp], outputs=outs).as_numpy("labels")[0]]
+    # A fresh dict per call: tritonclient writes the request's header length into the one it gets.
+    return lambda: [b.decode() for b in client.infer(MODEL, [inp], outputs=outs, headers=dict(auth)).as_numpy("labels")[0]]
 
 
-def v2_grpc(url: str, image: bytes) -> Callable[[], list[str]]:
+def v2_grpc(url: str, image: bytes, key: str | None = None) -> Callable[[], list[str]]:
     client = grpcclient.InferenceServerClient(url)
+    auth = {"authorization": f"Bearer {key}"} if key else None
     inp = grpcclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object))
-    return lambda: [b.decode() for b in client.infer(MODEL, [inp]).as_numpy("labels")[0]]
+    return lambda: [b.decode() for b in client.infer(MODEL, [inp], headers=auth).as_numpy("labels")[0]]
 
 
 async def open_loop(send: Callable[[], Awaitable[None]], rate: float, seconds: float) -> tuple[list[float], float]:
@@ -161,7 +165,7 @@ def rate_through_ingress(stack: Stack, image: bytes, rate: int) -> tuple[list[fl
     inp = httpclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
     body, json_size = httpclient.InferenceServerClient.generate_request_body([inp], outputs=[httpclient.InferRequestedOutput("labels", binary_data=False)])
-    headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+    headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream", "Authorization": f"Bearer {stack.dev_key}"}
 
     async def go() -> tuple[list[float], float]:
         async with httpx.AsyncClient(base_url=stack.ingress, timeout=30, limits=httpx.Limits(max_connections=64)) as c:
@@ -196,8 +200,8 @@ def run(stack: Stack) -> None:
     probes: dict[str, tuple[Callable[[], list[str]], str | None]] = {
         base: (direct, None),
         base_shm: (direct.with_shared_memory, None),
-        "vision-classify via Nginx+API (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.http_port}", china), base),
-        "vision-classify via Nginx+API (V2 gRPC), conc 1": (v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china), base),
+        "vision-classify via Nginx+API (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.http_port}", china, stack.dev_key), base),
+        "vision-classify via Nginx+API (V2 gRPC), conc 1": (v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china, stack.dev_key), base),
         "vision-classify on the worker (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), base),
     }
     for name, (fn, _) in probes.items():

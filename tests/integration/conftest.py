@@ -63,7 +63,7 @@ def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
     # vision=True: fail (naming build-support/setup-vision.sh) rather than skip when it is not set up.
     cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True,
-                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING), "SWITCHYARD_API_KEY_TIERS": '{"sk-gold": "high", "sk-free": "low"}',
+                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING),
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     # Tests add their own models through catalog overlays: the fallback model, and a file the reload
     # tests rewrite (empty until then).
@@ -79,12 +79,36 @@ def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def client(stack: Stack) -> JobClient:
-    """Talks to the platform through Nginx, as users do."""
-    return JobClient(stack.ingress)
+def api_key(stack: Stack) -> str:
+    """The tests' key: tenant "tests", scopes jobs/openai/v2, tier normal."""
+    return stack.create_key("tests", ("jobs", "openai", "v2"), "normal", "integration tests")
 
 
 @pytest.fixture(scope="session")
-def oai(stack: Stack) -> openai.OpenAI:
-    """The official OpenAI client, unmodified, pointed at Switchyard's ingress."""
-    return openai.OpenAI(base_url=stack.ingress + "/v1", api_key="sk-gold", max_retries=0, timeout=120)
+def auth(api_key: str) -> dict[str, str]:
+    """Headers that present ``api_key``."""
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture(scope="session")
+def gold_key(stack: Stack) -> str:
+    """A key of the tests' tenant whose tier is high (its requests may run first)."""
+    return stack.create_key("tests", ("jobs", "openai", "v2"), "high", "gold")
+
+
+@pytest.fixture(scope="session")
+def free_key(stack: Stack) -> str:
+    """A key of the tests' tenant whose tier is low (its requests never run before others)."""
+    return stack.create_key("tests", ("jobs", "openai", "v2"), "low", "free")
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack, api_key: str) -> JobClient:
+    """Talks to the platform through Nginx, as users do, with ``api_key``."""
+    return JobClient(stack.ingress, key=api_key)
+
+
+@pytest.fixture(scope="session")
+def oai(stack: Stack, gold_key: str) -> openai.OpenAI:
+    """The official OpenAI client, unmodified, pointed at Switchyard's ingress, with ``gold_key``."""
+    return openai.OpenAI(base_url=stack.ingress + "/v1", api_key=gold_key, max_retries=0, timeout=120)

@@ -60,10 +60,10 @@ def test_validation_error_names_the_field(client: JobClient) -> None:
     assert err["details"][0]["loc"] == "input.temperature"
 
 
-def test_oversized_body_is_refused_at_the_edge_and_in_the_api(stack, client: JobClient) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_refused_at_the_edge_and_in_the_api(stack, client: JobClient, auth: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     big = b'{"domain":"llm","model":"m","input":{"prompt":"' + b"a" * (stack.cfg.max_body_bytes + 10) + b'"}}'
     _assert_error(_post(client, big), 413, "body_too_large")
-    direct = httpx.post(f"http://127.0.0.1:{stack.cfg.api_port}/v1/jobs", content=big, headers={"content-type": "application/json"}, timeout=30)
+    direct = httpx.post(f"http://127.0.0.1:{stack.cfg.api_port}/v1/jobs", content=big, headers={"content-type": "application/json", **auth}, timeout=30)
     _assert_error(direct, 413, "body_too_large")
 
 
@@ -143,10 +143,10 @@ def test_text_the_store_cannot_keep_is_a_400_on_openai_routes(client: JobClient,
     assert err["param"] == param
 
 
-def test_refused_text_keeps_the_ingress_connection(stack) -> None:  # type: ignore[no-untyped-def]
+def test_refused_text_keeps_the_ingress_connection(stack, auth: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """Ten refused requests in a row on one keep-alive connection through Nginx: every one is the 4xx
     (none a 503 from a connection the API dropped), and a valid request on the same client works."""
-    with httpx.Client(base_url=stack.ingress, timeout=30) as http:
+    with httpx.Client(base_url=stack.ingress, timeout=30, headers=auth) as http:
         for i in range(10):
             if i % 2:
                 _assert_error(_post_json(http, "/v1/chat/completions", {"model": LLM_MODEL, "messages": [{"role": "user", "content": NUL}]}), 400, "invalid_value")

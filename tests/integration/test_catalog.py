@@ -90,21 +90,21 @@ def test_processes_refuse_a_bad_catalog_naming_file_model_and_field(tmp_path: Pa
         assert f"{bad}: model 'typo-model', field 'endpoints.0.engine': engine 'triton' has no adapter for LLM endpoints" in r.stderr, r.stderr[-2000:]
 
 
-def test_models_and_the_v2_repository_index_come_from_the_catalog(stack: Stack, client: JobClient) -> None:
+def test_models_and_the_v2_repository_index_come_from_the_catalog(stack: Stack, client: JobClient, auth: dict[str, str]) -> None:
     cat = stack.catalog()
     assert model_ids(client) == set(cat.names)
     v2 = httpclient.InferenceServerClient(stack.ingress.removeprefix("http://"))
     try:
-        index = v2.get_model_repository_index()
+        index = v2.get_model_repository_index(headers=auth)
     finally:
         v2.close()
     assert {(e["name"], e["state"]) for e in index} == {(m.name, "READY") for m in cat.v2.models}
-    r = httpx.post(stack.ingress + "/v2/repository/index", content=b"{not json")
+    r = httpx.post(stack.ingress + "/v2/repository/index", content=b"{not json", headers=auth)
     assert r.status_code == 400 and "error" in r.json()
 
 
 def test_reload_adds_a_model_to_the_running_stack_and_a_bad_file_keeps_the_old_one(stack: Stack, client: JobClient, oai: openai.OpenAI,
-                                                                                     clean_overlay: None) -> None:
+                                                                                     auth: dict[str, str], clean_overlay: None) -> None:
     assert ALIAS not in model_ids(client)
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model=ALIAS, messages=MSG, max_tokens=2)  # type: ignore[arg-type]
@@ -117,7 +117,7 @@ def test_reload_adds_a_model_to_the_running_stack_and_a_bad_file_keeps_the_old_o
     try:
         image = httpclient.InferInput("image", [1], "BYTES")
         image.set_data_from_numpy(np.array([sample_images()["china"]], dtype=object))
-        result = infer.infer(VISION_ALIAS, [image])
+        result = infer.infer(VISION_ALIAS, [image], headers=dict(auth))
         assert result.as_numpy("labels")[0][0].decode() == "palace"
     finally:
         infer.close()

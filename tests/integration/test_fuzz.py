@@ -86,11 +86,12 @@ def flatmap_headers(context: schemathesis.HookContext, headers: dict[str, Any] |
     return st.sampled_from([headers, {k: v for k, v in headers.items() if k != "x-priority"}])
 
 
-def _cancel_unfinished_jobs(ingress: str, wait_s: float = 60.0) -> None:
+def _cancel_unfinished_jobs(ingress: str, auth: dict[str, str], wait_s: float = 60.0) -> None:
     """Cancel what the fuzzing left queued or running, and wait until it has ended (the tests after
     this one need the worker, and some count pending jobs)."""
     deadline = time.monotonic() + wait_s
     with requests.Session() as http:
+        http.headers.update(auth)
         while True:
             unfinished = [job["id"] for status in ("queued", "running")
                           for job in http.get(f"{ingress}/v1/jobs", params={"status": status, "limit": 200}, timeout=30).json()["data"]]
@@ -103,18 +104,20 @@ def _cancel_unfinished_jobs(ingress: str, wait_s: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def api_schema(stack: Stack) -> Iterator[schemathesis.BaseSchema]:
-    # Reports show requests as sent (the default masks fields such as max_tokens as "[Filtered]").
-    config = schemathesis.Config.from_dict({"generation": {"max-examples": MAX_EXAMPLES, "no-shrink": True}, "output": {"sanitization": {"enabled": False}}})
+def api_schema(stack: Stack, auth: dict[str, str]) -> Iterator[schemathesis.BaseSchema]:
+    # Reports show requests as sent, but for the key (the default also masks fields such as max_tokens as "[Filtered]").
+    sanitization = {"keys-to-sanitize": ["authorization", "x-api-key"], "sensitive-markers": ["authorization"]}
+    config = schemathesis.Config.from_dict({"generation": {"max-examples": MAX_EXAMPLES, "no-shrink": True}, "output": {"sanitization": sanitization}})
     schema = schemathesis.openapi.from_url(stack.ingress + "/openapi.json", config=config)
     schema.hook(flatmap_body)
     schema.hook(flatmap_headers)
     yield schema
-    _cancel_unfinished_jobs(stack.ingress)
+    _cancel_unfinished_jobs(stack.ingress, auth)
 
 
-def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode) -> list[str]:
-    """MAX_EXAMPLES requests generated for one operation; the 5xx answers, described."""
+def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode, auth: dict[str, str]) -> list[str]:
+    """MAX_EXAMPLES requests generated for one operation, each with the tests' key (else nearly all
+    would stop at the 401); the 5xx answers, described."""
     failures: list[str] = []
 
     # No shrinking: a failure is reported as found, with a curl command that reproduces it.
@@ -123,11 +126,11 @@ def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMod
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:
         try:
-            response = case.call(timeout=TIMEOUT)
+            response = case.call(timeout=TIMEOUT, headers=auth)
         except requests.exceptions.ReadTimeout:
             if (case.method.upper(), case.path) in LONG_RUNNING:
                 return  # accepted long-running work (see LONG_RUNNING)
-            failures.append(f"{operation.label}: no answer within {TIMEOUT[1]} s\n{case.as_curl_command()}")
+            failures.append(f"{operation.label}: no answer within {TIMEOUT[1]} s\n{case.as_curl_command(headers=auth)}")
             return
         try:
             case.validate_response(response, checks=[not_a_server_error])
@@ -135,7 +138,7 @@ def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMod
             failures.append(str(e))
         if case.method.upper() == "POST" and case.path == "/v1/jobs" and response.status_code == 202:
             # An accepted job is not the point here: cancel it so it does not queue ahead of the rest.
-            requests.delete(f"{case.operation.base_url}/v1/jobs/{response.json()['id']}", timeout=30)
+            requests.delete(f"{case.operation.base_url}/v1/jobs/{response.json()['id']}", timeout=30, headers=auth)
 
     try:
         run()
@@ -147,13 +150,13 @@ def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMod
 # One test that walks the operations itself: the schema exists only once the stack runs, and
 # schemathesis' lazy pytest loader (schemathesis.pytest.from_fixture) fails under pytest 9
 # ("'Function' object has no attribute '_nodeid'").
-def test_no_request_is_a_server_error(api_schema: schemathesis.BaseSchema) -> None:
+def test_no_request_is_a_server_error(api_schema: schemathesis.BaseSchema, auth: dict[str, str]) -> None:
     started = time.monotonic()
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 15, [op.label for op in operations]  # the whole public API, not a fragment
     failures: list[str] = []
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            failures += _fuzz(operation, mode)
+            failures += _fuzz(operation, mode, auth)
     print(f"fuzzed {len(operations)} operations in {time.monotonic() - started:.0f} s")
     assert not failures, f"{len(failures)} requests got a 5xx:\n\n" + "\n\n".join(failures[:10])

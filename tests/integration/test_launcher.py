@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,10 @@ def test_up_serves_the_ingress_and_ctrl_c_stops_everything(scratch_dsn: Callable
         out = "".join(lines)
         assert f"http://127.0.0.1:{http_port}" in out and "Temporal" in out and "llama.cpp" in out
         assert httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5).status_code == 200
-        _reload_adds_a_model(http_port, ports["engine-port"], state, overlay)
+        # The first start made a development key: in the state folder (owner-only) and in the summary.
+        dev_key = Path(state) / "dev-key"
+        assert stat.S_IMODE(dev_key.stat().st_mode) == 0o600 and dev_key.read_text().strip() in out
+        _reload_adds_a_model(http_port, ports["engine-port"], state, overlay, {"Authorization": f"Bearer {dev_key.read_text().strip()}"})
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -56,10 +60,10 @@ def test_up_serves_the_ingress_and_ctrl_c_stops_everything(scratch_dsn: Callable
         assert not tcp_ready(port)(), f"{name} port {port} still open after Ctrl-C"
 
 
-def _reload_adds_a_model(http_port: int, engine_port: int, state: str, overlay: Path) -> None:
+def _reload_adds_a_model(http_port: int, engine_port: int, state: str, overlay: Path, auth: dict[str, str]) -> None:
     """`./switchyard reload` (what it execs): the running platform serves a model added to its catalog."""
     def ids() -> set[str]:
-        return {m["id"] for m in httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=5).json()["data"]}
+        return {m["id"] for m in httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=5, headers=auth).json()["data"]}
 
     assert "smollm2-mine" not in ids()
     overlay.write_text(json.dumps({"models": [{"name": "smollm2-mine", "domain": "llm", "kind": "chat", "context_length": 2048, "endpoints": [

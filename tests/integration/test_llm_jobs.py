@@ -40,15 +40,15 @@ def test_llm_job_streams_tokens_over_sse(client: JobClient) -> None:
     assert job["attempts"] == 1 and job["timings"]["ttft_ms"] > 0 and job["started_at"] and job["finished_at"]
 
 
-def test_llm_job_streams_over_websocket_and_resumes(stack: Stack, client: JobClient) -> None:
+def test_llm_job_streams_over_websocket_and_resumes(stack: Stack, client: JobClient, auth: dict[str, str]) -> None:
     job_id = client.submit(llm_job(max_tokens=40, ignore_eos=True))
     url = stack.ingress.replace("http://", "ws://") + f"/v1/jobs/{job_id}/ws"
     first: list[dict[str, Any]] = []
-    with ws_connect(url, open_timeout=10) as ws:
+    with ws_connect(url, open_timeout=10, additional_headers=auth) as ws:
         while len([m for m in first if m["event"] == "token"]) < 5:
             first.append(json.loads(ws.recv(timeout=30)))
     rest: list[dict[str, Any]] = []
-    with ws_connect(url + f"?last_event_id={first[-1]['id']}", open_timeout=10) as ws:
+    with ws_connect(url + f"?last_event_id={first[-1]['id']}", open_timeout=10, additional_headers=auth) as ws:
         for raw in ws:
             rest.append(json.loads(raw))
     all_ids = [m["id"] for m in first + rest]

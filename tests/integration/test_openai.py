@@ -53,8 +53,8 @@ def test_chat_completion_runs_as_a_job_with_header_priority(oai: openai.OpenAI, 
     assert job["result"]["text"] == choice.message.content
 
 
-def test_api_key_tier_sets_priority(stack: Stack, client: JobClient) -> None:
-    free = openai.OpenAI(base_url=stack.ingress + "/v1", api_key="sk-free", max_retries=0)
+def test_api_key_tier_sets_priority(stack: Stack, client: JobClient, free_key: str) -> None:
+    free = openai.OpenAI(base_url=stack.ingress + "/v1", api_key=free_key, max_retries=0)
     raw = free.chat.completions.with_raw_response.create(model=LLM_MODEL, messages=MSG, max_tokens=2)  # type: ignore[arg-type]
     assert client.get(raw.headers["x-switchyard-job-id"])["priority"] == 5
 
@@ -121,8 +121,8 @@ def test_legacy_completions_stream_and_logprobs(oai: openai.OpenAI, model: str) 
     assert streamed == r.choices[0].text
 
 
-def _post(stack: Stack, path: str, body: Any) -> httpx.Response:
-    return httpx.post(stack.ingress + path, json=body, timeout=30, headers={"Authorization": "Bearer sk-gold"})
+def _post(stack: Stack, path: str, body: Any, key: str) -> httpx.Response:
+    return httpx.post(stack.ingress + path, json=body, timeout=30, headers={"Authorization": f"Bearer {key}"})
 
 
 @pytest.mark.parametrize(
@@ -142,8 +142,8 @@ def _post(stack: Stack, path: str, body: Any) -> httpx.Response:
         ({"model": LLM_MODEL, "messages": [{"role": "user", "content": "word " * 6000}], "max_tokens": 8}, "messages", "context_length_exceeded"),
     ],
 )
-def test_chat_bad_input_is_a_precise_400(stack: Stack, body: dict[str, Any], param: str | None, code: str) -> None:
-    r = _post(stack, "/v1/chat/completions", body)
+def test_chat_bad_input_is_a_precise_400(stack: Stack, gold_key: str, body: dict[str, Any], param: str | None, code: str) -> None:
+    r = _post(stack, "/v1/chat/completions", body, gold_key)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["type"] == "invalid_request_error" and err["message"]
@@ -151,9 +151,9 @@ def test_chat_bad_input_is_a_precise_400(stack: Stack, body: dict[str, Any], par
         assert err["param"] == param
 
 
-def test_invalid_utf8_and_unknown_model(stack: Stack, oai: openai.OpenAI) -> None:
+def test_invalid_utf8_and_unknown_model(stack: Stack, oai: openai.OpenAI, auth: dict[str, str]) -> None:
     r = httpx.post(stack.ingress + "/v1/chat/completions", content=b'{"model": "x", "messages": [{"role": "user", "content": "\xff"}]}',
-                   headers={"content-type": "application/json"})
+                   headers={"content-type": "application/json", **auth})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="gpt-17", messages=MSG)  # type: ignore[arg-type]
@@ -191,9 +191,9 @@ def _wait_cancelled(stack: Stack, client: JobClient, job_id: str, model: str = L
     assert _engine_busy(stack, model) == 0, "the engine kept generating for a client that left"
 
 
-def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(stack: Stack, client: JobClient, model: str) -> None:
+def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(stack: Stack, client: JobClient, auth: dict[str, str], model: str) -> None:
     body = {"model": model, "messages": MSG, "max_tokens": 1500, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", stack.ingress + "/v1/chat/completions", json=body, timeout=30) as r:
+    with httpx.stream("POST", stack.ingress + "/v1/chat/completions", json=body, timeout=30, headers=auth) as r:
         job_id = r.headers["x-switchyard-job-id"]
         for i, _ in enumerate(r.iter_lines()):
             if i > 10:
@@ -204,13 +204,13 @@ def test_client_disconnect_mid_stream_cancels_the_job_and_the_engine_request(sta
     _wait_cancelled(stack, client, job_id, model)
 
 
-def test_client_disconnect_while_waiting_cancels_a_non_streamed_completion(stack: Stack, client: JobClient) -> None:
+def test_client_disconnect_while_waiting_cancels_a_non_streamed_completion(stack: Stack, client: JobClient, auth: dict[str, str]) -> None:
     user = f"impatient-{uuid.uuid4().hex[:8]}"
     body = {"model": LLM_MODEL, "messages": MSG, "max_tokens": 3000, "ignore_eos": True, "user": user}
 
     async def leave_while_it_generates() -> str:
         """Wait for the answer in a task; once the job exists and the engine generates it, give up."""
-        async with httpx.AsyncClient(base_url=stack.ingress, timeout=30) as api, httpx.AsyncClient(timeout=120) as leaving:
+        async with httpx.AsyncClient(base_url=stack.ingress, timeout=30, headers=auth) as api, httpx.AsyncClient(timeout=120, headers=auth) as leaving:
             waiting = asyncio.create_task(leaving.post(stack.ingress + "/v1/chat/completions", json=body))
             deadline, job_id, busy = time.monotonic() + 30, None, 0.0
             while not (job_id and busy) and time.monotonic() < deadline and not waiting.done():

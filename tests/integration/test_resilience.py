@@ -51,8 +51,9 @@ def test_api_restart_mid_job_keeps_the_job_and_its_events(stack: Stack, client: 
     assert visible_text(events) == job["result"]["text"]
 
 
-def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, client: JobClient) -> None:
+def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, gold_key: str) -> None:
     assert stack.cfg.worker_concurrency == 1, "this test needs a worker with one activity slot"
+    client = JobClient(stack.ingress, key=gold_key)  # a key's tier caps priority: "high" needs a high-tier key
     blocker = client.submit(llm_job("Keep talking.", max_tokens=150, ignore_eos=True, priority="normal"))
     # Wait until the blocker holds the only slot, so everything after it queues.
     for e in client.events(blocker):

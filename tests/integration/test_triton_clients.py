@@ -58,6 +58,14 @@ def china() -> bytes:
     return out.getvalue()
 
 
+# tritonclient.http's infer() writes Inference-Header-Content-Length into the headers dict it is
+# given: its calls get a copy of the session's ``auth`` (``dict(auth)``).
+@pytest.fixture(scope="module")
+def grpc_auth(api_key: str) -> dict[str, str]:
+    """The key as gRPC metadata (whose keys must be lower-case). The worker's own ports ignore it."""
+    return {"authorization": f"Bearer {api_key}"}
+
+
 @pytest.fixture(params=TARGETS)
 def http_client(request: pytest.FixtureRequest, stack: Stack) -> Iterator[httpclient.InferenceServerClient]:
     c = httpclient.InferenceServerClient(http_url(stack, request.param), network_timeout=60)
@@ -114,62 +122,63 @@ def executions(stats: dict[str, Any]) -> int:
 # ---------------------------------------------------------------- the stock clients' calls
 
 
-def test_image_client_over_http(http_client: httpclient.InferenceServerClient, china: bytes) -> None:
-    meta = http_client.get_model_metadata(MODEL, model_version="")
-    config = http_client.get_model_config(MODEL, model_version="")
+def test_image_client_over_http(http_client: httpclient.InferenceServerClient, china: bytes, auth: dict[str, str]) -> None:
+    meta = http_client.get_model_metadata(MODEL, model_version="", headers=auth)
+    config = http_client.get_model_config(MODEL, model_version="", headers=auth)
     fmt = dict(mc.ModelInput.Format.items())[config["input"][0]["format"]]
     assert len(config["input"]) == 1
     in_name, out_name, c, h, w, dtype = parse_model([(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]],
                                                     [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]], config["max_batch_size"], fmt)
     assert (c, h, w) == (3, 224, 224) and config["output"][0]["label_filename"]
-    before = executions(http_client.get_inference_statistics(MODEL))
+    before = executions(http_client.get_inference_statistics(MODEL, headers=auth))
 
     batch = np.stack([preprocess(china, fmt, dtype, h, w)], axis=0)
     inputs = [httpclient.InferInput(in_name, list(batch.shape), dtype)]
     inputs[0].set_data_from_numpy(batch)
     outputs = [httpclient.InferRequestedOutput(out_name, class_count=CLASSES)]
-    result = http_client.infer(MODEL, inputs, request_id="1", model_version="", outputs=outputs)
+    result = http_client.infer(MODEL, inputs, request_id="1", model_version="", outputs=outputs, headers=dict(auth))
     assert result.get_response()["id"] == "1"
     check_classes(result.as_numpy(out_name))
 
     # The same as JSON instead of the binary extension.
     json_out = [httpclient.InferRequestedOutput(out_name, binary_data=False, class_count=CLASSES)]
-    as_json = http_client.infer(MODEL, inputs, outputs=json_out).as_numpy(out_name)
+    as_json = http_client.infer(MODEL, inputs, outputs=json_out, headers=dict(auth)).as_numpy(out_name)
     check_classes(np.array([[s if isinstance(s, bytes) else s.encode() for s in row] for row in as_json], dtype=object))
 
-    stats = http_client.get_inference_statistics(MODEL)
+    stats = http_client.get_inference_statistics(MODEL, headers=auth)
     assert executions(stats) == before + 2
     [s] = [s for s in stats["model_stats"] if s["name"] == MODEL and s["version"] == "1"]
     assert s["inference_count"] >= 2 and s["last_inference"] > 0
     assert s["inference_stats"]["success"]["count"] >= 2 and s["inference_stats"]["compute_infer"]["ns"] > 0
-    assert MODEL in {s["name"] for s in http_client.get_inference_statistics()["model_stats"]}
+    assert MODEL in {s["name"] for s in http_client.get_inference_statistics(headers=auth)["model_stats"]}
 
 
-def test_image_client_over_grpc(grpc_client: grpcclient.InferenceServerClient, china: bytes) -> None:
-    meta = grpc_client.get_model_metadata(MODEL, model_version="")
-    config = grpc_client.get_model_config(MODEL, model_version="").config
+def test_image_client_over_grpc(grpc_client: grpcclient.InferenceServerClient, china: bytes, grpc_auth: dict[str, str]) -> None:
+    meta = grpc_client.get_model_metadata(MODEL, model_version="", headers=grpc_auth)
+    config = grpc_client.get_model_config(MODEL, model_version="", headers=grpc_auth).config
     assert len(config.input) == 1
     in_name, out_name, c, h, w, dtype = parse_model([(t.name, t.datatype, list(t.shape)) for t in meta.inputs],
                                                     [(t.name, t.datatype, list(t.shape)) for t in meta.outputs], config.max_batch_size, config.input[0].format)
     assert config.output[0].label_filename and config.input[0].data_type == mc.TYPE_FP32
-    before = executions(grpc_client.get_inference_statistics(MODEL, as_json=True))
+    before = executions(grpc_client.get_inference_statistics(MODEL, as_json=True, headers=grpc_auth))
 
     batch = np.stack([preprocess(china, config.input[0].format, dtype, h, w)], axis=0)
     inputs = [grpcclient.InferInput(in_name, list(batch.shape), dtype)]
     inputs[0].set_data_from_numpy(batch)
     outputs = [grpcclient.InferRequestedOutput(out_name, class_count=CLASSES)]
-    result = grpc_client.infer(MODEL, inputs, request_id="1", model_version="", outputs=outputs)
+    result = grpc_client.infer(MODEL, inputs, request_id="1", model_version="", outputs=outputs, headers=grpc_auth)
     assert result.get_response().id == "1"
     check_classes(result.as_numpy(out_name))
-    assert executions(grpc_client.get_inference_statistics(MODEL, as_json=True)) == before + 1
+    assert executions(grpc_client.get_inference_statistics(MODEL, as_json=True, headers=grpc_auth)) == before + 1
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_grpc_image_client_with_the_generated_stub(stack: Stack, china: bytes, target: str) -> None:
+def test_grpc_image_client_with_the_generated_stub(stack: Stack, china: bytes, grpc_auth: dict[str, str], target: str) -> None:
+    metadata = list(grpc_auth.items())
     with grpc.insecure_channel(grpc_url(stack, target)) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        meta = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=MODEL, version=""))
-        config = stub.ModelConfig(service_pb2.ModelConfigRequest(name=MODEL, version="")).config
+        meta = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=MODEL, version=""), metadata=metadata)
+        config = stub.ModelConfig(service_pb2.ModelConfigRequest(name=MODEL, version=""), metadata=metadata).config
         in_name, out_name, c, h, w, dtype = parse_model([(t.name, t.datatype, list(t.shape)) for t in meta.inputs],
                                                         [(t.name, t.datatype, list(t.shape)) for t in meta.outputs], config.max_batch_size, config.input[0].format)
         request = service_pb2.ModelInferRequest(model_name=MODEL, model_version="")
@@ -177,7 +186,7 @@ def test_grpc_image_client_with_the_generated_stub(stack: Stack, china: bytes, t
         output.parameters["classification"].int64_param = CLASSES
         request.inputs.add(name=in_name, datatype=dtype, shape=[1, c, h, w])
         request.raw_input_contents.append(preprocess(china, config.input[0].format, dtype, h, w).tobytes())
-        response = stub.ModelInfer(request)
+        response = stub.ModelInfer(request, metadata=metadata)
     assert len(response.outputs) == 1 and len(response.raw_output_contents) == 1
     raw, strings = response.raw_output_contents[0], []
     while raw:
@@ -187,30 +196,31 @@ def test_grpc_image_client_with_the_generated_stub(stack: Stack, china: bytes, t
     check_classes(np.array(strings, dtype=object).reshape(list(response.outputs[0].shape)))
 
 
-def test_classification_is_the_top_of_the_logits(http_client: httpclient.InferenceServerClient) -> None:
+def test_classification_is_the_top_of_the_logits(http_client: httpclient.InferenceServerClient, auth: dict[str, str]) -> None:
     """Triton's strings exactly: the N highest logits of the same input, "%f:index:label"."""
     x = preprocess(sample_images()["china"], mc.ModelInput.FORMAT_NCHW, "FP32", 224, 224)[None].astype(np.float32)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    logits = http_client.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("logits")]).as_numpy("logits")[0]
+    logits = http_client.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("logits")], headers=dict(auth)).as_numpy("logits")[0]
     labels = (cache_dir() / "vision" / "models" / "imagenet_labels.txt").read_text().splitlines()
     want = [f"{float(logits[i]):f}:{i}:{labels[i]}".encode() for i in np.argsort(-logits)[:5]]
     assert b"palace" in [w.rsplit(b":", 1)[1] for w in want]  # 4th: the clients squash the photo (see ``china``)
-    got = http_client.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=5)]).as_numpy("logits")
+    got = http_client.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=5)], headers=dict(auth)).as_numpy("logits")
     assert got.tolist() == [want]
 
 
 # ---------------------------------------------------------------- extensions: metadata and errors
 
 
-def test_server_metadata_lists_the_extensions(http_client: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient) -> None:
+def test_server_metadata_lists_the_extensions(http_client: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient,
+                                              auth: dict[str, str], grpc_auth: dict[str, str]) -> None:
     want = {"binary_tensor_data", "classification", "model_configuration", "statistics"}
-    assert want <= set(http_client.get_server_metadata()["extensions"])
-    assert want <= set(grpc_client.get_server_metadata(as_json=True)["extensions"])
+    assert want <= set(http_client.get_server_metadata(headers=auth)["extensions"])
+    assert want <= set(grpc_client.get_server_metadata(as_json=True, headers=grpc_auth)["extensions"])
 
 
-def test_model_configuration_of_the_ensembles(http_client: httpclient.InferenceServerClient) -> None:
-    config = http_client.get_model_config("vision-classify", model_version="1")
+def test_model_configuration_of_the_ensembles(http_client: httpclient.InferenceServerClient, auth: dict[str, str]) -> None:
+    config = http_client.get_model_config("vision-classify", model_version="1", headers=auth)
     assert config["name"] == "vision-classify" and config["max_batch_size"] == 32
     assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("image", "TYPE_STRING", [])]
     assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [("labels", "TYPE_STRING", [-1]), ("scores", "TYPE_FP32", [-1])]
@@ -223,27 +233,28 @@ def expect_error(fn: Any, status: str, text: str) -> None:
     assert text in (exc.value.message() or ""), exc.value.message()
 
 
-def test_unknown_models_and_bad_classification_requests_over_http(http_client: httpclient.InferenceServerClient) -> None:
-    expect_error(lambda: http_client.get_model_config("no-such-model"), "404", "unknown model")
-    expect_error(lambda: http_client.get_model_config(MODEL, model_version="7"), "404", "no version")
-    expect_error(lambda: http_client.get_inference_statistics("no-such-model"), "404", "unknown model")
+def test_unknown_models_and_bad_classification_requests_over_http(http_client: httpclient.InferenceServerClient, auth: dict[str, str]) -> None:
+    expect_error(lambda: http_client.get_model_config("no-such-model", headers=auth), "404", "unknown model")
+    expect_error(lambda: http_client.get_model_config(MODEL, model_version="7", headers=auth), "404", "no version")
+    expect_error(lambda: http_client.get_inference_statistics("no-such-model", headers=auth), "404", "unknown model")
     x = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
     x.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float32))
-    expect_error(lambda: http_client.infer(MODEL, [x], outputs=[httpclient.InferRequestedOutput("nope", class_count=2)]), "400", "has no output 'nope'")
+    expect_error(lambda: http_client.infer(MODEL, [x], outputs=[httpclient.InferRequestedOutput("nope", class_count=2)], headers=dict(auth)), "400",
+                 "has no output 'nope'")
     image = httpclient.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([sample_images()["china"]], dtype=object))
-    expect_error(lambda: http_client.infer("vision-classify", [image], outputs=[httpclient.InferRequestedOutput("labels", class_count=2)]), "400",
+    expect_error(lambda: http_client.infer("vision-classify", [image], outputs=[httpclient.InferRequestedOutput("labels", class_count=2)], headers=dict(auth)), "400",
                  "labels' is BYTES: classification needs a numeric output")
 
 
-def test_unknown_models_and_bad_classification_requests_over_grpc(grpc_client: grpcclient.InferenceServerClient) -> None:
-    expect_error(lambda: grpc_client.get_model_config("no-such-model"), "StatusCode.NOT_FOUND", "unknown model")
-    expect_error(lambda: grpc_client.get_inference_statistics("no-such-model"), "StatusCode.NOT_FOUND", "unknown model")
+def test_unknown_models_and_bad_classification_requests_over_grpc(grpc_client: grpcclient.InferenceServerClient, grpc_auth: dict[str, str]) -> None:
+    expect_error(lambda: grpc_client.get_model_config("no-such-model", headers=grpc_auth), "StatusCode.NOT_FOUND", "unknown model")
+    expect_error(lambda: grpc_client.get_inference_statistics("no-such-model", headers=grpc_auth), "StatusCode.NOT_FOUND", "unknown model")
     x = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
     x.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float32))
-    expect_error(lambda: grpc_client.infer(MODEL, [x], outputs=[grpcclient.InferRequestedOutput("nope", class_count=2)]), "StatusCode.INVALID_ARGUMENT",
-                 "has no output 'nope'")
+    expect_error(lambda: grpc_client.infer(MODEL, [x], outputs=[grpcclient.InferRequestedOutput("nope", class_count=2)], headers=grpc_auth),
+                 "StatusCode.INVALID_ARGUMENT", "has no output 'nope'")
     image = grpcclient.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([sample_images()["china"]], dtype=object))
-    expect_error(lambda: grpc_client.infer("vision-classify", [image], outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)]),
+    expect_error(lambda: grpc_client.infer("vision-classify", [image], outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)], headers=grpc_auth),
                  "StatusCode.INVALID_ARGUMENT", "labels' is BYTES: classification needs a numeric output")

@@ -12,6 +12,8 @@ from switchyard.api.settings import ApiSettings
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.logs import setup_logging
 
+MIN_PEPPER_CHARS = 16
+
 
 def main() -> None:
     settings = ApiSettings()
@@ -22,6 +24,9 @@ def main() -> None:
         return
     setup_logging(settings.log_level)
     catalog = CatalogHolder.load_or_exit("switchyard-api", settings, os.environ)
+    if len(settings.key_pepper.get_secret_value()) < MIN_PEPPER_CHARS:
+        sys.exit(f"switchyard-api: SWITCHYARD_KEY_PEPPER must be set to a secret of at least {MIN_PEPPER_CHARS} characters "
+                 "(API keys are stored as HMACs with it; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
     uvicorn.run(create_app(settings, catalog), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)
 

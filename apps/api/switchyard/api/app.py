@@ -10,6 +10,8 @@ import httpx
 from fastapi import FastAPI
 
 from switchyard.api import errors
+from switchyard.api.admin import routes as admin_routes
+from switchyard.api.auth import Gatekeeper, KeyFirst
 from switchyard.api.body_limit import BodyLimit
 from switchyard.api.deps import Resources
 from switchyard.api.jobs import event_streaming
@@ -22,12 +24,14 @@ from switchyard.api.v2.gateway import V2Gateway, gateway_of
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
+from switchyard.common.keys import KeyStore
 from switchyard.common.temporal import connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
 
 
 def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
     """The API of a process whose entry point built ``settings`` and loaded ``catalog``."""
+    gatekeeper = Gatekeeper()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,9 +45,11 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         dispatcher.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         v2 = V2Gateway(settings, catalog)
-        grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes)
+        keys = KeyStore(db, settings.key_pepper.get_secret_value())
+        gatekeeper.keys = keys
+        grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes, gatekeeper.authorize_v2)
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,
-                                        dispatcher=dispatcher, http=http, v2=v2, started_at=int(time.time()))
+                                        dispatcher=dispatcher, http=http, v2=v2, keys=keys, started_at=int(time.time()))
         yield
         await grpc_server.stop(grace=2)
         await v2.close()
@@ -53,17 +59,20 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         await db.dispose()
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    app.state.gatekeeper = gatekeeper
     errors.install(app)
     app.include_router(jobs_routes.router)
     app.include_router(event_streaming.router)
     app.include_router(openai_routes.router)
-    v2_routes.add_routes(app)
+    app.include_router(admin_routes.router)
+    v2_routes.add_routes(app, gatekeeper.authorize_v2)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(rest_frontend.V2FastPath, plane_of=gateway_of, max_bytes=settings.max_body_bytes)
+    app.add_middleware(KeyFirst, gatekeeper=gatekeeper)  # before the body limit: no key, no 413
+    app.add_middleware(rest_frontend.V2FastPath, plane_of=gateway_of, max_bytes=settings.max_body_bytes, authorize=gatekeeper.authorize_v2)
     app.add_middleware(errors.CatchUnexpected)  # outermost: a crash anywhere is a 500 that keeps the connection
     return app

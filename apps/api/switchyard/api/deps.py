@@ -16,6 +16,7 @@ from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
+from switchyard.common.keys import KeyStore
 from switchyard.common.model_registry import ModelRegistry
 
 
@@ -33,6 +34,8 @@ class Resources:
     http: httpx.AsyncClient
     # KServe V2 realtime lane (models, worker endpoints, breakers).
     v2: V2Gateway
+    # API keys (switchyard.api.auth checks them; the admin routes manage them).
+    keys: KeyStore
     started_at: int
 
     @property

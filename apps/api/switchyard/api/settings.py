@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.priority import PriorityValue
 from switchyard.common.settings import CommonSettings
 
 
@@ -24,8 +23,9 @@ class ApiSettings(CommonSettings):
     stream_keepalive_s: float = Field(default=15.0, gt=0)
     # Beyond this many unfinished jobs for one model, new work gets 429 + Retry-After.
     max_pending_per_model: int = Field(default=512, ge=1)
-    # API key → priority tier ("high"/"normal"/"low" or 1..5), JSON in SWITCHYARD_API_KEY_TIERS.
-    api_key_tiers: dict[str, PriorityValue] = {}
+    # Server secret API keys are hashed with (HMAC-SHA256; switchyard.common.keys). Required to
+    # serve: without it no key could be checked. Changing it invalidates every key.
+    key_pepper: SecretStr = SecretStr("")
     # KServe V2 gRPC ingress (Nginx forwards its gRPC port here).
     grpc_port: int = 8001
     # Domain → its worker's V2 endpoints, JSON in SWITCHYARD_V2_UPSTREAMS.

@@ -1,4 +1,5 @@
-"""Request priority → Temporal ``Priority(priority_key)`` (1 runs first, 5 last, 3 default)."""
+"""Request priority → Temporal ``Priority(priority_key)`` (1 runs first, 5 last, 3 default), capped
+by the caller's key tier."""
 
 from __future__ import annotations
 
@@ -20,3 +21,10 @@ def priority_key(value: PriorityValue | None) -> int:
     if isinstance(value, str):
         return NAMED[value]
     return value
+
+
+def capped_priority(value: PriorityValue | None, tier: str) -> int:
+    """The priority key of a request from a key of ``tier`` (high/normal/low): the tier's when none
+    is asked for; a request may ask for a lower priority (a higher key), never a higher one."""
+    floor = NAMED[tier]
+    return floor if value is None else max(priority_key(value), floor)

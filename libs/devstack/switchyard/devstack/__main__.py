@@ -1,4 +1,5 @@
-"""``python -m switchyard.devstack up|setup``: run the whole platform locally in the foreground."""
+"""``python -m switchyard.devstack up|setup|reload|keys``: run the whole platform locally in the foreground;
+manage its API keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from switchyard.devstack import models
+from switchyard.devstack import keys, models
 from switchyard.devstack.gemma import gemma3_270m_gguf
 from switchyard.devstack.procs import StartError
 from switchyard.devstack.stack import Stack, StackConfig
@@ -42,7 +43,9 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     for note in stack.notes:
         print(f"  note: {note}")
-    print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\nCtrl-C stops everything; `./switchyard reload` reloads the model catalog.", flush=True)
+    print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\n"
+          f"Requests need a key: -H \"Authorization: Bearer $(cat {cfg.state_dir / keys.DEV_KEY_FILE})\"; `./switchyard keys` manages keys.\n"
+          "Ctrl-C stops everything; `./switchyard reload` reloads the model catalog.", flush=True)
     pid_file = cfg.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     # SIGUSR1, not SIGHUP: a closed terminal still stops the launcher; it sends SIGHUP to each process.
@@ -93,7 +96,10 @@ def main() -> int:
     sub.add_parser("setup", help="fetch model files into the cache")
     reload = sub.add_parser("reload", help="reload the model catalog (infra/catalog/models.yaml) in the running platform")
     reload.add_argument("--state-dir", default=".state", help="the state folder of the running `up` (default: .state)")
+    keys.add_parser(sub)
     args = ap.parse_args()
+    if args.cmd == "keys":
+        return keys.main(args)
     if args.cmd == "setup":
         fetch_models()
         return 0

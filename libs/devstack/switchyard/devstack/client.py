@@ -32,9 +32,11 @@ def llm_job(content: str = "Tell me a story about a lighthouse.", *, max_tokens:
 
 
 class JobClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, key: str | None = None) -> None:
+        """``key``: the API key sent on every request (``Authorization: Bearer``)."""
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=self.auth)
 
     def submit(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
         r = self.http.post("/v1/jobs", json=body, headers=headers)
@@ -49,7 +51,7 @@ class JobClient:
     def events(self, job_id: str, last_event_id: str | None = None, timeout: float = 120.0) -> Generator[Event, None, None]:
         """Follow the SSE stream until the server closes it (the job ended)."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0)) as c:
+        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0), headers=self.auth) as c:
             with connect_sse(c, "GET", f"/v1/jobs/{job_id}/events", headers=headers) as es:
                 es.response.raise_for_status()
                 for sse in es.iter_sse():

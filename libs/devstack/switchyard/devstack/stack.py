@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from sqlalchemy.engine import make_url
 
 from switchyard.common.catalog import Catalog, CatalogSettings, build_catalog
 from switchyard.common.db.migrate import upgrade
-from switchyard.devstack import models
+from switchyard.common.keys import DEFAULT_SCOPES
+from switchyard.devstack import keys, models
 from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
 
@@ -184,6 +186,9 @@ class Stack:
     cfg: StackConfig
     procs: dict[str, Proc] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Server secret of the keys (state folder), and the development key (all scopes): set by start().
+    pepper: str = field(default="", repr=False)
+    _dev_key: str = field(default="", repr=False)
 
     def catalog_env(self) -> dict[str, str]:
         """Where this stack's engines are: the catalog's ${...} variables (infra/catalog/models.yaml)."""
@@ -313,7 +318,8 @@ class Stack:
                                                 "SWITCHYARD_VISION_HTTP_PORT": str(c.vision_http_port), "SWITCHYARD_VISION_GRPC_PORT": str(c.vision_grpc_port)},
                                                self._log("worker-vision"), http_ready(f"http://127.0.0.1:{c.vision_http_port}/v2/health/ready"), ready_timeout_s=120)
             v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}"}
-        api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams)}
+        api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
+                   "SWITCHYARD_KEY_PEPPER": self.pepper}
         self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, **api_env, **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
@@ -337,6 +343,9 @@ class Stack:
         elif c.vision and not vision_installed():
             raise StartError(f"vision is not set up under {models.cache_dir() / 'vision'}: run build-support/setup-vision.sh (./switchyard setup does)")
         upgrade(c.postgres_dsn)
+        keys.write_private(c.state_dir / keys.DSN_FILE, c.postgres_dsn)  # for `./switchyard keys`
+        self.pepper = keys.ensure_pepper(c.state_dir)
+        self._dev_key = asyncio.run(keys.ensure_dev_key(c.postgres_dsn, self.pepper, c.state_dir))
         self.catalog()  # a bad catalog is reported here, before anything starts
         self._define()
         try:
@@ -366,6 +375,19 @@ class Stack:
         proc.wait_ready()
 
     @property
+    def dev_key(self) -> str:
+        """The development key (tenant ``dev``, every scope including ``admin``); also in ``<state>/dev-key``."""
+        if not self._dev_key:
+            raise RuntimeError("the stack has not started")
+        return self._dev_key
+
+    def create_key(self, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "") -> str:
+        """A new key of this stack (its database and pepper); the secret."""
+        if not self.pepper:
+            raise RuntimeError("the stack has not started")
+        return asyncio.run(keys.create_key(self.cfg.postgres_dsn, self.pepper, tenant, scopes, tier, name))
+
+    @property
     def ingress(self) -> str:
         return f"http://127.0.0.1:{self.cfg.http_port}"
 
@@ -386,5 +408,6 @@ class Stack:
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("logs", str(c.state_dir / "logs")),
+            ("dev key (all scopes)", f"{self._dev_key}  (in {c.state_dir / keys.DEV_KEY_FILE})" if self._dev_key else "-"),
         ]
         return "\n".join(f"  {k:<24} {v}" for k, v in rows)

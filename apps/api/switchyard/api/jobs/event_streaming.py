@@ -11,9 +11,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
 
+from switchyard.api.auth import Caller, authenticate, require
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
 from switchyard.api.jobs.service import load_job
@@ -44,15 +45,16 @@ async def job_events(res: Resources, job: Job, after: str = START) -> AsyncItera
         yield event
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", dependencies=[Depends(require("jobs"))])
 async def sse_events(
     res: Res,
+    caller: Caller,
     request: Request,
     job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
     last_event_id_q: Annotated[str | None, Query(alias="last_event_id", max_length=48)] = None,
 ) -> EventSourceResponse:
-    job = await load_job(res, job_id)
+    job = await load_job(res, job_id, caller)
     after = _resume_point(last_event_id if last_event_id is not None else last_event_id_q)
 
     async def gen() -> AsyncIterator[dict[str, Any]]:
@@ -66,11 +68,14 @@ async def sse_events(
 
 @router.websocket("/{job_id}/ws")
 async def ws_events(websocket: WebSocket, job_id: str, last_event_id: Annotated[str | None, Query(max_length=48)] = None) -> None:
-    """Messages are ``{"id", "event", "data"}``; reconnect with ``?last_event_id=`` to resume."""
+    """Messages are ``{"id", "event", "data"}``; reconnect with ``?last_event_id=`` to resume.
+
+    The key comes in the handshake's headers; a refused one is an ``error`` message (as a missing
+    job is) and close code 4401/4403/4404."""
     res: Resources = websocket.app.state.resources
     await websocket.accept()
     try:
-        job = await load_job(res, job_id)
+        job = await load_job(res, job_id, await authenticate(websocket, "jobs"))
         after = _resume_point(last_event_id)
     except ApiError as e:
         await websocket.send_json({"event": "error", "data": error_body(e.status, e.code, e.message, e.param)})

@@ -9,22 +9,24 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
+from switchyard.api.auth import Caller, require
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
 from switchyard.api.jobs.service import accept_job, admit, cancel_job, find_model, header_priority, load_job
 from switchyard.api.jobs.views import JobAccepted, JobPage, JobView
 from switchyard.common.contracts import JobCreate, JobStatus
 from switchyard.common.db.models import Job
-from switchyard.common.priority import priority_key
+from switchyard.common.priority import capped_priority
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require("jobs"))])
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
 async def submit_job(
     res: Res,
+    caller: Caller,
     response: Response,
     job: Annotated[JobCreate, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -32,10 +34,11 @@ async def submit_job(
 ) -> JobAccepted:
     # Vision jobs send images: the model must be an image classifier (switchyard.common.v2.config).
     find_model(res, job.model, job.domain, "classifier" if job.domain == "vision" else None)
-    prio = priority_key(job.priority if job.priority is not None else header_priority(x_priority))
+    # The key's tier caps the priority (and is the default).
+    prio = capped_priority(job.priority if job.priority is not None else header_priority(x_priority), caller.tier)
     await admit(res, job.model)
     t_db = time.perf_counter()
-    row, created = await accept_job(res, domain=job.domain, model=job.model, input=job.input.model_dump(mode="json"), priority=prio,
+    row, created = await accept_job(res, tenant=caller.tenant, domain=job.domain, model=job.model, input=job.input.model_dump(mode="json"), priority=prio,
                                     metadata=job.metadata, idempotency_key=idempotency_key)
     links = JobView.of(row).links
     response.headers["Location"] = links.self
@@ -47,8 +50,8 @@ async def submit_job(
 
 
 @router.get("/{job_id}", response_model=JobView)
-async def get_job(res: Res, job_id: str) -> JobView:
-    return JobView.of(await load_job(res, job_id))
+async def get_job(res: Res, caller: Caller, job_id: str) -> JobView:
+    return JobView.of(await load_job(res, job_id, caller))
 
 
 def _encode_cursor(job: Job) -> str:
@@ -66,20 +69,23 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
 @router.get("", response_model=JobPage)
 async def list_jobs(
     res: Res,
+    caller: Caller,
     status: JobStatus | None = None,
     domain: Literal["llm", "vision", "recsys"] | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
-    rows = await res.store.page(status=status.value if status else None, domain=domain, limit=limit + 1, before=_decode_cursor(cursor) if cursor else None)
+    """The caller's tenant's jobs (an admin key: every tenant's), newest first."""
+    rows = await res.store.page(status=status.value if status else None, domain=domain, limit=limit + 1, before=_decode_cursor(cursor) if cursor else None,
+                                tenant=None if caller.is_admin else caller.tenant)
     page = rows[:limit]
     return JobPage(data=[JobView.of(j) for j in page], next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobView)
-async def delete_job(res: Res, job_id: str) -> JobView:
+async def delete_job(res: Res, caller: Caller, job_id: str) -> JobView:
     """Request cancellation: the workflow stops the engine request and records ``cancelled``."""
-    job = await load_job(res, job_id)
+    job = await load_job(res, job_id, caller)
     if not await cancel_job(res, job):
         raise ApiError(409, "job_finished", f"job already {job.status}", param="job_id")
-    return JobView.of(await load_job(res, job_id))
+    return JobView.of(await load_job(res, job_id, caller))

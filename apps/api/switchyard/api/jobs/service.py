@@ -18,6 +18,7 @@ from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.common.contracts import JobStatus
 from switchyard.common.db.models import Job
+from switchyard.common.keys import Principal
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import PriorityValue
 from switchyard.common.v2.config import V2Model
@@ -57,10 +58,10 @@ def parse_job_id(job_id: str) -> uuid.UUID:
         raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id") from None
 
 
-async def load_job(res: Resources, job_id: str) -> Job:
-    """The job's row, or 404."""
+async def load_job(res: Resources, job_id: str, caller: Principal) -> Job:
+    """The job's row, or 404; another tenant's job is a 404 too (unless the caller is an admin)."""
     job = await res.store.get(parse_job_id(job_id))
-    if job is None:
+    if job is None or not caller.sees(job.tenant):
         raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
     return job
 
@@ -71,13 +72,14 @@ async def admit(res: Resources, model: str) -> None:
         raise ApiError(429, "overloaded", f"too many pending requests for {model!r}; retry shortly", headers={"Retry-After": "1"})
 
 
-async def accept_job(res: Resources, *, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
+async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
                      idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Commit the job row and hand it to the outbox; returns (job, created)."""
+    """Commit the job row (the caller's tenant's) and hand it to the outbox; returns (job, created).
+    An idempotency key is the tenant's own: another tenant's same key is another job."""
     body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     row, created = await res.store.create(
-        {"id": uuid.uuid4(), "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
+        {"id": uuid.uuid4(), "tenant": tenant, "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
          "input": input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash}
     )
     if created:

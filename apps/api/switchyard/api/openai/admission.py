@@ -15,8 +15,9 @@ from switchyard.common.contracts import LlmInput
 from switchyard.common.db.models import Job
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import ADAPTERS, engine_for
+from switchyard.common.keys import Principal
 from switchyard.common.model_registry import ModelEntry
-from switchyard.common.priority import PriorityValue, priority_key
+from switchyard.common.priority import capped_priority
 
 # Chat template overhead per message and per request, in tokens (generous upper bounds).
 TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS = 8, 16
@@ -27,13 +28,6 @@ def find_llm_model(res: Resources, name: str, kind: str) -> ModelEntry:
     m = find_model(res, name, "llm", kind)
     assert isinstance(m, ModelEntry)  # the catalog declares every llm model as a ModelEntry
     return m
-
-
-def key_priority(res: Resources, authorization: str | None) -> PriorityValue | None:
-    """The caller's API-key tier (``SWITCHYARD_API_KEY_TIERS``), if the key has one."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return None
-    return res.settings.api_key_tiers.get(authorization[7:].strip())
 
 
 def llm_input(build: Callable[[], LlmInput], entry: ModelEntry, max_tokens: int | None) -> LlmInput:
@@ -76,13 +70,13 @@ def check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
             raise ApiError(400, "unsupported_parameter", f"logprobs are not available for {entry.name} (engine: {', '.join(lacking)})", param="logprobs")
 
 
-async def start_completion(res: Resources, entry: ModelEntry, inp: LlmInput, x_priority: str | None, authorization: str | None, user: str | None) -> Job:
-    """Check, admit and accept the completion's job (``X-Priority`` first, else the key's tier)."""
+async def start_completion(res: Resources, caller: Principal, entry: ModelEntry, inp: LlmInput, x_priority: str | None, user: str | None) -> Job:
+    """Check, admit and accept the completion's job, the caller tenant's (``X-Priority``, capped by
+    the key's tier; the tier's priority without one)."""
     check_capabilities(entry, inp)
     await check_context(res, entry, inp)
     await admit(res, entry.name)
-    given = header_priority(x_priority)
-    prio = priority_key(given if given is not None else key_priority(res, authorization))
-    row, _ = await accept_job(res, domain="llm", model=entry.name, input=inp.model_dump(mode="json"), priority=prio,
+    prio = capped_priority(header_priority(x_priority), caller.tier)
+    row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=inp.model_dump(mode="json"), priority=prio,
                               metadata={"api": "openai", **({"user": user} if user else {})})
     return row

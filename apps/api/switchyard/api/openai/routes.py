@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from switchyard.api.auth import Caller, require
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
 from switchyard.api.openai.admission import find_llm_model, llm_input, start_completion
@@ -22,7 +23,7 @@ from switchyard.api.openai.protocol import ChatCompletionRequest, CompletionRequ
 from switchyard.api.openai.rendering import Reply, respond
 from switchyard.api.openai.responses import EmbeddingList, ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require("openai"))])
 
 
 @router.get("/models")
@@ -40,22 +41,20 @@ async def get_model(res: Res, model_id: str) -> ModelCard:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    res: Res, request: Request, body: ChatCompletionRequest,
-    x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
+    res: Res, caller: Caller, request: Request, body: ChatCompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
     inp = llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
-    job = await start_completion(res, entry, inp, x_priority, authorization, body.user)
+    job = await start_completion(res, caller, entry, inp, x_priority, body.user)
     return await respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage), request, body.stream)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
-    res: Res, request: Request, body: CompletionRequest,
-    x_priority: Annotated[str | None, Header()] = None, authorization: Annotated[str | None, Header()] = None,
+    res: Res, caller: Caller, request: Request, body: CompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
-    job = await start_completion(res, entry, llm_input(body.llm_input, entry, body.max_tokens), x_priority, authorization, body.user)
+    job = await start_completion(res, caller, entry, llm_input(body.llm_input, entry, body.max_tokens), x_priority, body.user)
     return await respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage), request, body.stream)
 
 

@@ -1,4 +1,5 @@
-"""The ``jobs`` table: one row per accepted job, written before the API answers 202."""
+"""The ``jobs`` table: one row per accepted job, written before the API answers 202; ``api_keys``:
+the API's keys, stored as HMACs (switchyard.common.keys)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, SmallInteger, String, func
+from sqlalchemy import CHAR, DateTime, Index, Integer, SmallInteger, String, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -27,7 +28,10 @@ class Job(Base):
     # The model's catalog entry when the job was accepted (switchyard.common.catalog.Catalog.snapshot).
     model_spec: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The tenant of the key that created the job: only that tenant (and admin keys) sees it.
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    # Unique per tenant (uq_jobs_tenant_idempotency_key).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
@@ -45,4 +49,24 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_domain_created", "domain", "created_at"),
         Index("ix_jobs_undispatched", "created_at", postgresql_where=dispatched_at.is_(None)),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    # The secret's first characters, to recognise a key in listings (never enough to use it).
+    prefix: Mapped[str] = mapped_column(String(16))
+    # HMAC-SHA256(pepper, secret), hex: the secret itself is never stored.
+    key_hash: Mapped[str] = mapped_column(CHAR(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSONB)
+    tier: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_keys_tenant_created", "tenant", "created_at"),)

@@ -26,22 +26,25 @@ class JobStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def create(self, values: dict[str, Any]) -> tuple[Job, bool]:
-        """Insert a job; with an idempotency key already used, return that job instead (created=False)."""
-        stmt = insert(Job).values(**values).on_conflict_do_nothing(index_elements=[Job.idempotency_key]).returning(Job)
+        """Insert a job; with an idempotency key its tenant already used, return that job instead (created=False)."""
+        stmt = insert(Job).values(**values).on_conflict_do_nothing(index_elements=[Job.tenant, Job.idempotency_key]).returning(Job)
         async with self.sessions.begin() as s:
             row = (await s.execute(stmt)).scalar_one_or_none()
             if row is not None:
                 return row, True
-            existing = (await s.execute(select(Job).where(Job.idempotency_key == values["idempotency_key"]))).scalar_one()
+            existing = (await s.execute(select(Job).where(Job.tenant == values["tenant"], Job.idempotency_key == values["idempotency_key"]))).scalar_one()
             return existing, False
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         async with self.sessions() as s:
             return await s.get(Job, job_id)
 
-    async def page(self, *, status: str | None, domain: str | None, limit: int, before: tuple[dt.datetime, uuid.UUID] | None) -> list[Job]:
-        """Newest first, keyset-paginated on (created_at, id)."""
+    async def page(self, *, status: str | None, domain: str | None, limit: int, before: tuple[dt.datetime, uuid.UUID] | None,
+                   tenant: str | None = None) -> list[Job]:
+        """Newest first, keyset-paginated on (created_at, id); one tenant's, or every tenant's (None)."""
         q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if tenant is not None:
+            q = q.where(Job.tenant == tenant)
         if status:
             q = q.where(Job.status == status)
         if domain:

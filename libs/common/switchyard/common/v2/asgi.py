@@ -14,7 +14,7 @@ grpc.aio client in the API and server in the worker cost ~0.6 ms more per call (
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 from starlette.responses import Response
@@ -30,6 +30,9 @@ PROTOBUF = "application/x-protobuf"
 InferHandler = Callable[[Scope, str, str | None, bytes, dict[str, str]], Awaitable[tuple[int, bytes, dict[str, str]]]]
 # (gRPC method name, serialized request) → serialized response
 TunnelHandler = Callable[[str, bytes], Awaitable[bytes]]
+# Checks a request's credentials (lower-case header or gRPC metadata names → values); raises a
+# V2Error (401/403) to refuse it. The API passes one; a worker's ports are internal and pass None.
+Authorize = Callable[[Mapping[str, str]], Awaitable[None]]
 
 
 def error_response(e: V2Error) -> Response:
@@ -60,9 +63,11 @@ async def respond(send: Send, status: int, body: bytes, headers: dict[str, str])
     await send({"type": "http.response.body", "body": body})
 
 
-def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel: TunnelHandler | None = None) -> ASGIApp:
+def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel: TunnelHandler | None = None,
+                    authorize: Authorize | None = None) -> ASGIApp:
     """``app`` with V2 infer requests answered by ``handler`` and, when given, gRPC tunnel calls by
-    ``tunnel`` (V2 errors become ``{"error": ...}``)."""
+    ``tunnel`` (V2 errors become ``{"error": ...}``). ``authorize`` checks an infer request before
+    its body is read."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         infer = tunneled = None
@@ -74,6 +79,8 @@ def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
+            if authorize is not None and infer is not None:
+                await authorize(headers)
             declared = headers.get("content-length", "0")
             if not declared.isdigit():
                 raise V2Error(400, "Content-Length is not an integer")

@@ -5,6 +5,8 @@ the API forwards calls to a worker.
 
 Methods take and return serialized messages (no (de)serializers on the server): a request is parsed
 only as far as its handler needs, and the API's gateway forwards ModelInfer without re-encoding it.
+Given an ``authorize`` hook (the API's), every method but ServerLive/ServerReady (health probes, open
+as on REST) first checks the call's metadata (``authorization: Bearer <key>`` or ``x-api-key``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import grpc
 
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
 from switchyard.common.v2 import triton_extensions_pb2 as ext
-from switchyard.common.v2.asgi import TunnelHandler
+from switchyard.common.v2.asgi import Authorize, TunnelHandler
 from switchyard.common.v2.dataplane import DataPlane
 from switchyard.common.v2.errors import V2Error
 from switchyard.common.v2.grpc_codec import SERVICE, config_to_pb, index_to_pb, metadata_to_pb, parse_message, statistics_to_pb
@@ -25,6 +27,8 @@ log = logging.getLogger("switchyard.v2")
 
 # (serialized request, seconds left of the client's deadline) → serialized response
 Method = Callable[[bytes, float | None], Awaitable[bytes]]
+# Health probes: answered without credentials.
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 
 
 def methods(plane: DataPlane) -> dict[str, Method]:
@@ -70,10 +74,14 @@ def methods(plane: DataPlane) -> dict[str, Method]:
     }
 
 
-def handlers(plane: DataPlane) -> grpc.GenericRpcHandler:
-    def guarded(fn: Method) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+def handlers(plane: DataPlane, authorize: Authorize | None = None) -> grpc.GenericRpcHandler:
+    def guarded(name: str, fn: Method) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        check = authorize if name not in OPEN_METHODS else None
+
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
+                if check is not None:
+                    await check({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
                 return await fn(raw, context.time_remaining())
             except V2Error as e:
                 for k, v in e.headers.items():
@@ -86,7 +94,7 @@ def handlers(plane: DataPlane) -> grpc.GenericRpcHandler:
 
         return call
 
-    return grpc.method_handlers_generic_handler(SERVICE, {name: grpc.unary_unary_rpc_method_handler(guarded(fn)) for name, fn in methods(plane).items()})
+    return grpc.method_handlers_generic_handler(SERVICE, {name: grpc.unary_unary_rpc_method_handler(guarded(name, fn)) for name, fn in methods(plane).items()})
 
 
 def tunnel(plane: DataPlane) -> TunnelHandler:
@@ -108,9 +116,9 @@ def tunnel(plane: DataPlane) -> TunnelHandler:
     return call
 
 
-async def start_server(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+async def start_server(plane: DataPlane, host: str, port: int, max_message_bytes: int, authorize: Authorize | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    server.add_generic_rpc_handlers((handlers(plane),))
+    server.add_generic_rpc_handlers((handlers(plane, authorize),))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server

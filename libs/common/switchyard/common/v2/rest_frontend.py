@@ -1,7 +1,8 @@
 """The KServe V2 REST front end on any DataPlane: Starlette routes for everything but inference,
 which the plain-ASGI fast path (switchyard.common.v2.asgi) answers before any framework. The API
 adds the routes and the fast path to its FastAPI app; a worker serves them as its own Starlette app.
-Errors are V2's ``{"error": "..."}``.
+Errors are V2's ``{"error": "..."}``. Given an ``authorize`` hook (the API's keys), every route but
+``/v2/health/{live,ready}`` is checked with it first.
 
 Routes (``endpoints``): ``/v2`` (server metadata), ``/v2/health/{live,ready}``, ``POST /v2/repository/index``,
 ``/v2/models/stats``, and under ``/v2/models/{m}[/versions/{v}]``: metadata, ``/ready``,
@@ -22,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from switchyard.common.v2.asgi import TunnelHandler, error_response, infer_fast_path
+from switchyard.common.v2.asgi import Authorize, TunnelHandler, error_response, infer_fast_path
 from switchyard.common.v2.dataplane import DataPlane
 from switchyard.common.v2.errors import V2Error
 
@@ -59,7 +60,26 @@ def v2_errors(fn: Handler) -> Handler:
     return answer
 
 
-def endpoints(plane_of: PlaneOf) -> list[Endpoint]:
+def authorized(fn: Handler, authorize: Authorize | None) -> Handler:
+    """``fn`` behind ``authorize`` (its first argument is the request)."""
+    if authorize is None:
+        return fn
+    check = authorize
+
+    @functools.wraps(fn)
+    async def answer(request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            await check(request.headers)
+        except V2Error as e:
+            return error_response(e)
+        return await fn(request, *args, **kwargs)
+
+    return answer
+
+
+def endpoints(plane_of: PlaneOf, authorize: Authorize | None = None) -> list[Endpoint]:
+    """The routes; the health probes stay open, ``authorize`` guards the others."""
+
     @v2_errors
     async def server_metadata(request: Request) -> Response:
         return JSONResponse(plane_of(request.scope).server_metadata())
@@ -101,14 +121,17 @@ def endpoints(plane_of: PlaneOf) -> list[Endpoint]:
     async def model_statistics(request: Request, model: str, version: str | None = None) -> Response:
         return JSONResponse((await plane_of(request.scope).statistics(model, version)).model_dump())
 
+    def guard(fn: Handler) -> Handler:
+        return authorized(fn, authorize)
+
     per_model = [("", model_metadata), ("/ready", model_ready), ("/config", model_config), ("/stats", model_statistics)]
     return [
-        Endpoint("/v2", server_metadata),
+        Endpoint("/v2", guard(server_metadata)),
         Endpoint("/v2/health/live", live),
         Endpoint("/v2/health/ready", ready),
-        Endpoint("/v2/repository/index", repository_index, ("POST",)),
-        Endpoint("/v2/models/stats", all_statistics),  # before /v2/models/{model}
-        *(Endpoint(base + tail, fn) for tail, fn in per_model for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")),
+        Endpoint("/v2/repository/index", guard(repository_index), ("POST",)),
+        Endpoint("/v2/models/stats", guard(all_statistics)),  # before /v2/models/{model}
+        *(Endpoint(base + tail, guard(fn)) for tail, fn in per_model for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")),
     ]
 
 
@@ -127,13 +150,13 @@ def routes(plane_of: PlaneOf) -> list[Route]:
 class V2FastPath:
     """ASGI middleware: ``POST /v2/models/{m}[/versions/{v}]/infer`` (and, given a tunnel, gRPC
     tunnel calls) answered by the plane before the app's routing and middleware; the body limit is
-    enforced here too."""
+    enforced here too, and ``authorize`` before the body is read."""
 
-    def __init__(self, app: ASGIApp, plane_of: PlaneOf, max_bytes: int, tunnel: TunnelHandler | None = None) -> None:
+    def __init__(self, app: ASGIApp, plane_of: PlaneOf, max_bytes: int, tunnel: TunnelHandler | None = None, authorize: Authorize | None = None) -> None:
         async def infer(scope: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
             return await plane_of(scope).infer_rest(model, version, body, headers)
 
-        self._asgi = infer_fast_path(app, infer, max_bytes, tunnel)
+        self._asgi = infer_fast_path(app, infer, max_bytes, tunnel, authorize)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._asgi(scope, receive, send)
