@@ -69,6 +69,25 @@ def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, gol
     assert client.get(high)["priority"] == 1 and client.get(low[0])["priority"] == 5
 
 
+def test_one_tenants_backlog_does_not_starve_another_at_the_same_priority(stack: Stack) -> None:
+    assert stack.cfg.worker_concurrency == 1, "this test needs a worker with one activity slot"
+    busy, other = (JobClient(stack.ingress, key=stack.create_key(tenant)) for tenant in ("fair-busy", "fair-other"))
+    blocker = busy.submit(llm_job("Keep talking.", max_tokens=150, ignore_eos=True))
+    for e in busy.events(blocker):  # the blocker holds the only slot: everything after it queues
+        if e.type == "token":
+            break
+    backlog = [busy.submit(llm_job(f"Busy job {i}", max_tokens=4)) for i in range(5)]
+    late = other.submit(llm_job("The other tenant's job", max_tokens=4))
+    assert busy.get(blocker)["status"] == "running" and other.get(late)["status"] == "queued"  # the fault: a saturated worker
+    for client, job_id in [(busy, blocker), *((busy, j) for j in backlog), (other, late)]:
+        list(client.events(job_id))
+    started = sorted(busy.get(j)["started_at"] for j in backlog)
+    assert all(busy.get(j)["status"] == "succeeded" for j in backlog) and other.get(late)["status"] == "succeeded"
+    assert {busy.get(j)["priority"] for j in backlog} == {other.get(late)["priority"]}  # same priority level
+    # Without fairness the late job runs after the whole backlog; with it, the two tenants take turns.
+    assert other.get(late)["started_at"] < started[1], (other.get(late)["started_at"], started)
+
+
 def test_job_accepted_while_temporal_is_down_runs_once_it_is_back(stack: Stack, client: JobClient) -> None:
     temporal = stack.procs["temporal"]
     temporal.kill()

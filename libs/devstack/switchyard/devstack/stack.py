@@ -276,7 +276,9 @@ class Stack:
                     "--dynamic-config-value", 'history.timerProcessorMaxTimeShift="50ms"',
                     # One partition: strict priority ordering within a task queue.
                     "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-                    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"]
+                    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+                    # Fairness keys (one per tenant): a tenant's backlog does not starve another's at the same priority.
+                    "--dynamic-config-value", "matching.enableFairness=true"]
         temporal += ["--ui-port", str(c.temporal_ui_port)] if c.ui else ["--headless"]
         env = python_env(self._env())
         self.procs["temporal"] = Proc("temporal", temporal, dict(os.environ), self._log("temporal"), tcp_ready(c.temporal_port))

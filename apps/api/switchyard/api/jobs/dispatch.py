@@ -72,7 +72,8 @@ class Dispatcher:
                 await self.bus.publish(job_id, "status", {"status": JobStatus.queued.value})
             await self.temporal.start_workflow(
                 WORKFLOW_TYPES[job.domain], spec_of(job), id=job_id, task_queue=TASK_QUEUES[job.domain],
-                priority=Priority(priority_key=job.priority), id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                # Within a priority level Temporal takes turns between fairness keys: one per tenant.
+                priority=Priority(priority_key=job.priority, fairness_key=job.tenant), id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
         except WorkflowAlreadyStartedError:
             pass  # an earlier try got through
