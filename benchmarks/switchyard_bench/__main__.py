@@ -1,5 +1,6 @@
 """Switchyard benchmarks on a local stack: ``./switchyard bench [submit|ttft|vision]``, or
-``./switchyard bench ab --baseline-rev REV`` (the working tree against REV, paired; see ab.py).
+``./switchyard bench ab --baseline-rev REV`` (the working tree against REV, paired; see ab.py), or
+``./switchyard bench pii`` (what PII redaction costs; see pii.py).
 
 Each benchmark measures the platform and, in the same run, a baseline without it (the engine
 called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from switchyard.devstack.stack import Stack, StackConfig
-from switchyard_bench import ab, submit, ttft, vision
+from switchyard_bench import ab, pii, submit, ttft, vision
 
 
 def main() -> None:
@@ -25,6 +26,8 @@ def main() -> None:
         if not args.baseline_rev:
             ap.error("ab needs --baseline-rev")
         return run_ab(args.postgres_dsn, args.baseline_rev)
+    if args.which == ["pii"]:
+        return run_pii(args.postgres_dsn)
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
@@ -41,6 +44,20 @@ def main() -> None:
             ttft.run(stack)
         if "vision" in args.which:
             vision.run(stack)
+    finally:
+        stack.stop()
+
+
+def run_pii(postgres_dsn: str) -> None:
+    """Redaction cost in process, then TTFT on a redact and a pass model of one llama.cpp (pii.py)."""
+    in_process = pii.in_process()  # before the stack starts: nothing else on the CPUs
+    state = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+    cfg = StackConfig.ephemeral(state, postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4, vision=False, vllm=False)
+    cfg.catalog_overlays.append(pii.overlay(state, cfg.engine_port))
+    stack = Stack(cfg)
+    stack.start()
+    try:
+        pii.run(stack, in_process)
     finally:
         stack.stop()
 

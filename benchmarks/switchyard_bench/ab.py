@@ -42,7 +42,7 @@ from switchyard.devstack.client import llm_job
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.procs import Proc, free_port, http_ready
 from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal
-from switchyard_bench.stats import RESULTS, pct
+from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, pct
 from switchyard_bench.vision import v2_grpc, v2_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,19 +118,7 @@ def _chat(i: int, max_tokens: int, stream: bool) -> dict[str, Any]:
 
 def ttft(http: httpx.Client) -> Probe:
     def probe(i: int) -> float:
-        t0 = time.perf_counter()
-        with http.stream("POST", "/v1/chat/completions", json=_chat(i, 8, True)) as r:
-            assert r.status_code == 200, r.read()[:200]
-            lines = r.iter_lines()
-            for line in lines:
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
-                    if delta.get("content"):
-                        ms = (time.perf_counter() - t0) * 1000
-                        for _ in lines:  # read to the end: the next round starts on an idle engine
-                            pass
-                        return ms
-        raise AssertionError("no token")
+        return first_token_ms(http, "/v1/chat/completions", _chat(i, 8, True))
 
     return probe
 
@@ -212,7 +200,7 @@ def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80
         for c in clients.values():
             c.close()
     head_lbl = f"{head}{' + uncommitted changes' if dirty else ''}"
-    notes = {"before": rev, "after": head_lbl, "machine": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
+    notes = {"before": rev, "after": head_lbl, "machine": f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
              "method": "one stack; the baseline's API, LLM and vision workers (own database and Temporal namespace) run beside the working tree's on the "
                        "same engines; each round sends one "
                        "request to each API in random order; diff = after − before per round, median with bootstrap 95 % CI; concurrency 1; API ports "
@@ -235,11 +223,3 @@ def _table(rows: list[dict[str, Any]]) -> str:
     head = (f"| {'measurement':<40} | {'n':>4} | {'before p50':>8} | {'before p99':>8} | {'after p50':>8} | {'after p99':>8} | "
             f"{'after − before, median [95% CI] ms':>24} |")
     return "\n".join([head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|", *(_row(r) for r in rows)])
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = Path("/proc/cpuinfo").read_text()
-            return f"{line.split(':', 1)[1].strip()}{', AVX-512' if 'avx512f' in flags else ''}"
-    return "unknown"

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -48,3 +50,30 @@ def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
+
+
+def cpu_model() -> str:
+    """The host's CPU and whether it has AVX-512 (it changes engine speed ~3x): every figure names it."""
+    info = Path("/proc/cpuinfo").read_text()
+    for line in info.splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}{', AVX-512' if 'avx512f' in info else ''}"
+    return "unknown"
+
+
+def first_token_ms(client: httpx.Client, url: str, body: dict[str, Any]) -> float:
+    """Milliseconds to the first content token of a streamed chat completion; reads the stream to its
+    end, so the next request starts on an idle engine."""
+    t0 = time.perf_counter()
+    with client.stream("POST", url, json=body) as r:
+        assert r.status_code == 200, r.read()[:200]
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
+                if delta.get("content"):
+                    ms = (time.perf_counter() - t0) * 1000
+                    for _ in lines:
+                        pass
+                    return ms
+    raise AssertionError("no token")

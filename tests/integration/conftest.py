@@ -43,6 +43,16 @@ def fallback_model(engine_port: int) -> dict[str, object]:
     }
 
 
+# The same llama.cpp model under the PII policies other than the default `redact` (test_pii.py).
+PII_BLOCK_MODEL, PII_PASS_MODEL, PII_BLOCK_EMBED_MODEL = "smollm2-pii-block", "smollm2-pii-pass", "smollm2-embed-pii-block"
+
+
+def pii_models(engine_port: int) -> list[dict[str, object]]:
+    endpoint = {"engine": "llamacpp", "url": f"http://127.0.0.1:{engine_port}", "engine_model": "smollm2-135m-instruct"}
+    return [{"name": name, "domain": "llm", "kind": kind, "context_length": 2048, "pii": pii, "endpoints": [endpoint]}
+            for name, kind, pii in ((PII_BLOCK_MODEL, "chat", "block"), (PII_PASS_MODEL, "chat", "pass"), (PII_BLOCK_EMBED_MODEL, "embedding", "block"))]
+
+
 @pytest.fixture(scope="session")
 def scratch_dsn() -> Iterator[Callable[[], str]]:
     """Hands out fresh database DSNs and drops those databases at the end of the session."""
@@ -67,7 +77,7 @@ def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     # Tests add their own models through catalog overlays: the fallback model, and a file the reload
     # tests rewrite (empty until then).
-    (state / "catalog-tests.json").write_text(json.dumps({"models": [fallback_model(cfg.engine_port)]}))
+    (state / "catalog-tests.json").write_text(json.dumps({"models": [fallback_model(cfg.engine_port), *pii_models(cfg.engine_port)]}))
     (state / RELOAD_OVERLAY).write_text("models: []\n")
     cfg.catalog_overlays += [state / "catalog-tests.json", state / RELOAD_OVERLAY]
     s = Stack(cfg)

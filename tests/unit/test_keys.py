@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from switchyard.common.db.migrate import upgrade
 from switchyard.common.keys import KEY_LENGTH, KEY_PREFIX, KeyStore, Principal, check_scopes, generate, hash_key, key_from_headers, well_formed
 from switchyard.common.priority import capped_priority
+from switchyard.common.quotas import DEFAULT_TIER_LIMITS
 
 PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
 PEPPER = "unit-test-pepper-0123456789"
@@ -94,7 +95,7 @@ async def test_store_creates_looks_up_lists_and_revokes(engine: AsyncEngine) -> 
     assert well_formed(secret) and row.prefix == secret[:10] and row.key_hash == hash_key(PEPPER, secret)
     assert row.tenant == "acme" and row.scopes == ["jobs", "v2"] and row.tier == "high" and row.name == "ci" and row.created_at is not None
     p = await store.lookup(secret)
-    assert p == Principal(key_id=str(row.id), tenant="acme", scopes=frozenset({"jobs", "v2"}), tier="high")
+    assert p == Principal(key_id=str(row.id), tenant="acme", scopes=frozenset({"jobs", "v2"}), tier="high", limits=DEFAULT_TIER_LIMITS["high"])
     assert await store.lookup(generate()) is None and await store.lookup("sk-gold") is None
     # The secret is nowhere in the database.
     async with engine.connect() as conn:

@@ -11,6 +11,7 @@ from switchyard.api.app import create_app
 from switchyard.api.settings import ApiSettings
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.logs import setup_logging
+from switchyard.common.payload_codec import keys_or_exit
 
 MIN_PEPPER_CHARS = 16
 
@@ -27,6 +28,7 @@ def main() -> None:
     if len(settings.key_pepper.get_secret_value()) < MIN_PEPPER_CHARS:
         sys.exit(f"switchyard-api: SWITCHYARD_KEY_PEPPER must be set to a secret of at least {MIN_PEPPER_CHARS} characters "
                  "(API keys are stored as HMACs with it; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    keys_or_exit("switchyard-api", settings)  # no key, no start: nothing is stored or sent to Temporal in clear
     uvicorn.run(create_app(settings, catalog), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, ws_ping_interval=settings.stream_keepalive_s)
 

@@ -17,6 +17,7 @@ from switchyard.api.deps import Resources
 from switchyard.api.jobs import event_streaming
 from switchyard.api.jobs import routes as jobs_routes
 from switchyard.api.jobs.dispatch import Dispatcher
+from switchyard.api.jobs.retention import Purger
 from switchyard.api.openai import routes as openai_routes
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2 import routes as v2_routes
@@ -25,6 +26,9 @@ from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.keys import KeyStore
+from switchyard.common.payload_codec import KeyRing
+from switchyard.common.pii import PiiGuard
+from switchyard.common.quotas import Backlog, Quotas
 from switchyard.common.temporal import connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
 
@@ -38,25 +42,35 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         catalog.reload_on_sighup()
         db = make_engine(settings.postgres_dsn)
         redis = make_redis(settings.redis_url)
-        temporal = await connect(settings)
+        payload_keys = KeyRing.from_settings(settings)  # __main__ already refused to start without one
+        temporal = await connect(settings, payload_keys)
         store = JobStore(db)
         bus = EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen)
-        dispatcher = Dispatcher(store, bus, temporal)
+        backlog = Backlog(redis, db.url.database or "default")
+        dispatcher = Dispatcher(store, bus, temporal, payload_keys, backlog=backlog)
         dispatcher.start()
+        purger = Purger(store, bus, temporal, retention_s=settings.retention_s, every_s=settings.purge_every_s)
+        purger.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         v2 = V2Gateway(settings, catalog)
-        keys = KeyStore(db, settings.key_pepper.get_secret_value())
-        gatekeeper.keys = keys
+        keys = KeyStore(db, settings.key_pepper.get_secret_value(), tier_limits=settings.tier_quotas)
+        quotas = Quotas(redis)
+        gatekeeper.keys, gatekeeper.quotas = keys, quotas
+        pii = PiiGuard(settings)  # loads the spaCy model now, not on the first request
         grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes, gatekeeper.authorize_v2)
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,
-                                        dispatcher=dispatcher, http=http, v2=v2, keys=keys, started_at=int(time.time()))
+                                        dispatcher=dispatcher, purger=purger, payload_keys=payload_keys, http=http, v2=v2, keys=keys,
+                                        quotas=quotas, backlog=backlog, pii=pii,
+                                        started_at=int(time.time()))
         yield
         await grpc_server.stop(grace=2)
         await v2.close()
+        await purger.close()
         await dispatcher.close()
         await http.aclose()
         await redis.aclose()
         await db.dispose()
+        pii.close()
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
     app.state.gatekeeper = gatekeeper

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from switchyard.api.jobs.dispatch import Dispatcher
+from switchyard.api.jobs.retention import Purger
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import CatalogHolder
@@ -18,6 +19,9 @@ from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 from switchyard.common.keys import KeyStore
 from switchyard.common.model_registry import ModelRegistry
+from switchyard.common.payload_codec import KeyRing
+from switchyard.common.pii import PiiGuard
+from switchyard.common.quotas import Backlog, Quotas
 
 
 @dataclass
@@ -30,12 +34,21 @@ class Resources:
     # Reloaded on SIGHUP: read it per request, never keep a model across requests.
     catalog: CatalogHolder
     dispatcher: Dispatcher
+    # Retention and DELETE ?purge=true (jobs/retention.py).
+    purger: Purger
+    # Encryption at rest: seals job input (switchyard.common.payload_codec).
+    payload_keys: KeyRing
     # Client for engines the API calls itself (token counting, embeddings).
     http: httpx.AsyncClient
     # KServe V2 realtime lane (models, worker endpoints, breakers).
     v2: V2Gateway
     # API keys (switchyard.api.auth checks them; the admin routes manage them).
     keys: KeyStore
+    # Per-key limits and the per-model backlog, in Redis (switchyard.common.quotas).
+    quotas: Quotas
+    backlog: Backlog
+    # PII redaction (switchyard.common.pii), built at start-up with the model loaded.
+    pii: PiiGuard
     started_at: int
 
     @property

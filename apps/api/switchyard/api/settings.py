@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from switchyard.common.quotas import DEFAULT_TIER_LIMITS, Limits
 from switchyard.common.settings import CommonSettings
 
 
@@ -34,3 +35,11 @@ class ApiSettings(CommonSettings):
     v2_timeout_s: float = Field(default=10.0, gt=0)
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=5.0, gt=0)
+    # Retention (docs/security.md): a job that ended longer ago than this loses its content (input,
+    # result, event stream, Temporal history); every API process checks every purge_every_s.
+    retention_s: int = Field(default=30 * 24 * 3600, ge=1)
+    purge_every_s: float = Field(default=60.0, gt=0)
+    # Per-key limits by tier (a key's own columns override them; switchyard.common.quotas), JSON in
+    # SWITCHYARD_TIER_QUOTAS, e.g. {"normal": {"rps": 100, "max_streams": 32, "tpm": 500000}}; a
+    # tier left out, or a limit left null, is unlimited.
+    tier_quotas: dict[str, Limits] = Field(default_factory=lambda: dict(DEFAULT_TIER_LIMITS))

@@ -16,6 +16,8 @@ from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.logs import setup_logging
+from switchyard.common.payload_codec import KeyRing, keys_or_exit
+from switchyard.common.pii import PiiGuard
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.settings import WorkerSettings
@@ -24,11 +26,13 @@ from switchyard.worker_llm.workflows import LlmJobWorkflow
 log = logging.getLogger("switchyard.worker_llm")
 
 
-async def main(settings: WorkerSettings, catalog: CatalogHolder) -> None:
-    client = await connect(settings)
+async def main(settings: WorkerSettings, catalog: CatalogHolder, keys: KeyRing) -> None:
+    client = await connect(settings, keys)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
-    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
+    # Results are stored redacted (switchyard.common.pii); the model loads now, not on the first job.
+    pii = PiiGuard(settings)
+    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys, pii=pii)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256))
     llm = LlmActivities(books, catalog, http)
     worker = Worker(
@@ -51,6 +55,7 @@ async def main(settings: WorkerSettings, catalog: CatalogHolder) -> None:
     await http.aclose()
     await redis.aclose()
     await db.dispose()
+    pii.close()
 
 
 if __name__ == "__main__":
@@ -61,4 +66,6 @@ if __name__ == "__main__":
         print(f"switchyard-worker-llm ok: task queue {settings.task_queue!r}")
     else:
         setup_logging(settings.log_level)
-        asyncio.run(main(settings, CatalogHolder.load_or_exit("switchyard-worker-llm", settings, os.environ)))
+        catalog = CatalogHolder.load_or_exit("switchyard-worker-llm", settings, os.environ)
+        keys = keys_or_exit("switchyard-worker-llm", settings)  # no key, no start: nothing goes to Temporal in clear
+        asyncio.run(main(settings, catalog, keys))

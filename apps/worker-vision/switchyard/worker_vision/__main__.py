@@ -20,6 +20,7 @@ from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.http1 import Http1Client
 from switchyard.common.logs import setup_logging
+from switchyard.common.payload_codec import KeyRing, keys_or_exit
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
 from switchyard.worker_vision.activities import VisionActivities
@@ -33,7 +34,7 @@ from switchyard.worker_vision.workflows import VisionJobWorkflow
 log = logging.getLogger("switchyard.worker_vision")
 
 
-async def main(settings: VisionSettings, catalog: CatalogHolder) -> None:
+async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) -> None:
     config = catalog.current.v2
     triton = triton_http.InferenceServerClient(settings.triton_url, conn_timeout=settings.triton_timeout_s)
     shm = ShmPool(triton, f"switchyard-{settings.task_queue}-{settings.vision_http_port}", settings.triton_shm_slots, settings.triton_shm_slot_bytes)
@@ -54,10 +55,10 @@ async def main(settings: VisionSettings, catalog: CatalogHolder) -> None:
 
     catalog.listeners.append(serve)
 
-    client = await connect(settings)
+    client = await connect(settings, keys)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
-    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen))
+    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys)
     vision = VisionActivities(books, plane, settings.vision_job_chunk)
     worker = Worker(client, task_queue=settings.task_queue, workflows=[VisionJobWorkflow], activities=[vision.classify, books.finish],
                     max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
@@ -98,4 +99,6 @@ if __name__ == "__main__":
         print(f"switchyard-worker-vision ok: task queue {settings.task_queue!r}")
     else:
         setup_logging(settings.log_level)
-        uvloop.run(main(settings, CatalogHolder.load_or_exit("switchyard-worker-vision", settings, os.environ)))
+        catalog = CatalogHolder.load_or_exit("switchyard-worker-vision", settings, os.environ)
+        keys = keys_or_exit("switchyard-worker-vision", settings)  # no key, no start: nothing goes to Temporal in clear
+        uvloop.run(main(settings, catalog, keys))

@@ -9,23 +9,34 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus
-from switchyard.common.db.store import JobStore
+from switchyard.common.db.store import JobStore, engine_input
 from switchyard.common.events import EventBus
+from switchyard.common.payload_codec import KeyRing, sealed_result_context
+from switchyard.common.pii import PiiGuard
+from switchyard.common.quotas import Backlog, Quotas
 
 
 class JobBookkeeping:
-    def __init__(self, store: JobStore, bus: EventBus) -> None:
+    def __init__(self, store: JobStore, bus: EventBus, keys: KeyRing, pii: PiiGuard | None = None) -> None:
         self.store = store
         self.bus = bus
+        # Redacts the texts of results before they are stored (LLM worker; vision results are labels).
+        self.pii = pii
+        # Opens the sealed input of a job too large for Temporal (claim check).
+        self.keys = keys
+        # Quota counters the job's end settles (Redis, as the API's): its token reservation and its
+        # place in the model's backlog (namespaced by the job store's database, as the API's).
+        self.quotas = Quotas(bus.redis)
+        self.backlog = Backlog(bus.redis, store.engine.url.database or "default")
 
     async def job_input(self, spec: JobSpec) -> dict[str, Any]:
-        """The job's input: inline in the spec, or (too large for Temporal) from the job's row."""
+        """The job's input: inline in the spec, or (too large for Temporal) the row's sealed input."""
         if spec.input is not None:
             return spec.input
         job = await self.store.get(uuid.UUID(spec.job_id))
         if job is None:
             raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
-        return dict(job.input)
+        return engine_input(job, self.keys)
 
     async def start_attempt(self, job_id: str) -> None:
         """Record that an attempt started (status running, attempt number) and tell the clients.
@@ -37,10 +48,31 @@ class JobBookkeeping:
             raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
         await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
 
+    async def stored_outcome(self, outcome: JobOutcome) -> tuple[JobOutcome, bytes | None]:
+        """What the job's row keeps: result and error texts redacted, whatever the model's policy
+        (an answer can repeat the caller's data under ``pass``, or name people on its own), and the
+        engine's answer sealed (encrypted), which only the job's tenant reads back. The ``result``
+        event keeps the engine's answer for the client that is waiting for it."""
+        if self.pii is None or (outcome.result is None and outcome.error is None):
+            return outcome, None
+        error = outcome.error
+        if error is not None:
+            error = error.model_copy(update={"message": (await self.pii.redact_texts([error.message]))[0][0]})
+        redacted = await self.pii.redact_llm_result(outcome.result)
+        sealed = None if redacted == outcome.result else self.keys.seal(outcome.result, sealed_result_context(outcome.job_id))
+        return outcome.model_copy(update={"result": redacted, "error": error}), sealed
+
     @activity.defn(name="job.finish")
     async def finish(self, outcome: JobOutcome) -> None:
-        """Persist the final state first, then publish: a client that sees the end can read it."""
-        if not await self.store.finish(outcome):
+        """Persist the final state first, then publish: a client that sees the end can read it.
+        Before the end is published, the job's quotas are settled (both idempotent, so also when it had
+        already ended): tokens it did not use go back to its key, its backlog place is freed."""
+        finished = await self.store.finish(*await self.stored_outcome(outcome))
+        await self.quotas.settle(outcome.job_id, outcome.usage.total_tokens if outcome.usage else 0)
+        job = await self.store.get(uuid.UUID(outcome.job_id))
+        if job is not None:
+            await self.backlog.release(job.model, outcome.job_id)
+        if not finished:
             return  # already ended (e.g. cancelled before it ran): its end was published then
         if outcome.status is JobStatus.succeeded:
             await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None})

@@ -91,6 +91,10 @@ class EventBus:
             entry_id, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    async def delete(self, job_id: str) -> None:
+        """Drop the job's stream now (purge), rather than when it expires."""
+        await self.redis.delete(stream_key(job_id))
+
     async def exists(self, job_id: str) -> bool:
         """Whether the job's stream is there (it expires ``ttl_s`` after the last event)."""
         return bool(await self.redis.exists(stream_key(job_id)))

@@ -25,6 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.common.db.models import ApiKey
+from switchyard.common.quotas import DEFAULT_TIER_LIMITS, UNLIMITED, Limits
 
 KEY_PREFIX: Final = "sk-sy-"
 # secrets.token_urlsafe(32): 32 bytes → 43 characters.
@@ -72,13 +73,15 @@ def key_from_headers(headers: Mapping[str, str]) -> str | None:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request comes from: its key, the key's tenant, scopes and priority tier."""
+    """Who a request comes from: its key, the key's tenant, scopes, priority tier and effective
+    limits (the key's own, else its tier's; switchyard.common.quotas)."""
 
     key_id: str
     tenant: str
     # Any collection given; kept as a frozenset.
     scopes: Collection[str] = field(default_factory=frozenset)
     tier: str = "normal"
+    limits: Limits = UNLIMITED
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scopes", frozenset(self.scopes))
@@ -96,8 +99,9 @@ class Principal:
         return self.is_admin or tenant == self.tenant
 
 
-def principal_of(row: ApiKey) -> Principal:
-    return Principal(key_id=str(row.id), tenant=row.tenant, scopes=frozenset(row.scopes), tier=row.tier)
+def principal_of(row: ApiKey, tier_limits: Mapping[str, Limits] = DEFAULT_TIER_LIMITS) -> Principal:
+    limits = tier_limits.get(row.tier, UNLIMITED).over(row.rps, row.max_streams, row.tpm)
+    return Principal(key_id=str(row.id), tenant=row.tenant, scopes=frozenset(row.scopes), tier=row.tier, limits=limits)
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
@@ -114,9 +118,11 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine, pepper: str, *, positive_ttl_s: float = POSITIVE_TTL_S, negative_ttl_s: float = NEGATIVE_TTL_S) -> None:
+    def __init__(self, engine: AsyncEngine, pepper: str, *, positive_ttl_s: float = POSITIVE_TTL_S, negative_ttl_s: float = NEGATIVE_TTL_S,
+                 tier_limits: Mapping[str, Limits] = DEFAULT_TIER_LIMITS) -> None:
         if not pepper:
             raise ValueError("the key pepper is empty")
+        self.tier_limits = tier_limits
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._pepper = pepper
         self.positive_ttl_s, self.negative_ttl_s = positive_ttl_s, negative_ttl_s
@@ -126,8 +132,11 @@ class KeyStore:
     def hash(self, secret: str) -> str:
         return hash_key(self._pepper, secret)
 
-    async def create(self, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "") -> tuple[str, ApiKey]:
-        """A new key: (the secret, shown once; its row)."""
+    async def create(self, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "", *,
+                     rps: float | None = None, max_streams: int | None = None, tpm: int | None = None) -> tuple[str, ApiKey]:
+        """A new key: (the secret, shown once; its row). ``rps``, ``max_streams``, ``tpm``: the key's
+        own limits (None: its tier's)."""
+        Limits(rps=rps, max_streams=max_streams, tpm=tpm)  # ValueError (pydantic's) when out of range
         if not tenant or len(tenant) > 64:
             raise ValueError("tenant must be 1 to 64 characters")
         if tier not in TIERS:
@@ -136,7 +145,7 @@ class KeyStore:
             raise ValueError("name must be at most 128 characters")
         secret = generate()
         row = ApiKey(id=uuid.uuid4(), tenant=tenant, name=name, prefix=secret[:LISTED_PREFIX], key_hash=self.hash(secret),
-                     scopes=check_scopes(scopes), tier=tier)
+                     scopes=check_scopes(scopes), tier=tier, rps=rps, max_streams=max_streams, tpm=tpm)
         async with self.sessions.begin() as s:
             s.add(row)
         async with self.sessions() as s:  # the row as stored (created_at from the server)
@@ -174,7 +183,7 @@ class KeyStore:
             return hit[1]
         async with self.sessions() as s:
             row = (await s.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))).scalar_one_or_none()
-        found = principal_of(row) if row is not None else None
+        found = principal_of(row, self.tier_limits) if row is not None else None
         if len(self._cache) >= CACHE_MAX:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             if len(self._cache) >= CACHE_MAX:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from switchyard.common.pii import PiiPolicy
 from switchyard.common.queues import Domain
 
 # Engines with an LLM adapter (switchyard.common.engines.factory.ADAPTERS).
@@ -43,6 +44,9 @@ class ModelEntry(BaseModel):
     context_length: int = Field(default=2048, ge=128)
     owned_by: str = "switchyard"
     endpoints: list[Endpoint] = Field(min_length=1)
+    # What the engine gets of text with PII (switchyard.common.pii): placeholders (redact), a 4xx
+    # (block) or the raw text (pass). What is stored or logged is redacted whatever the policy.
+    pii: PiiPolicy = "redact"
 
 
 class ModelRegistry(BaseModel):

@@ -6,13 +6,14 @@ no other module reads the environment.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.common.catalog import CatalogSettings
+from switchyard.common.pii import PiiSettings
 
 
-class CommonSettings(BaseSettings, CatalogSettings):
+class CommonSettings(BaseSettings, CatalogSettings, PiiSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
     temporal_address: str = "127.0.0.1:7233"
@@ -25,3 +26,8 @@ class CommonSettings(BaseSettings, CatalogSettings):
     # Upper bound of events kept per job stream (tokens included).
     event_stream_maxlen: int = Field(default=100_000, ge=100)
     log_level: str = "INFO"
+    # Encryption at rest (switchyard.common.payload_codec): Temporal payloads and sealed job input.
+    # Key id → base64 of a 32-byte key (JSON); new data uses payload_key_id, the others stay
+    # readable (rotation). Required: every process refuses to start without a usable key.
+    payload_keys: dict[str, SecretStr] = {}
+    payload_key_id: str = ""

@@ -10,8 +10,8 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from switchyard.common.payload_codec import KeyRing, data_converter
 from switchyard.common.settings import CommonSettings
 
 # How often a running activity reports liveness; a worker that stops (crash, SIGKILL, spot
@@ -30,8 +30,11 @@ WORKER_OPTIONS: dict[str, Any] = {
 }
 
 
-async def connect(settings: CommonSettings) -> Client:
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter)
+async def connect(settings: CommonSettings, keys: KeyRing | None = None) -> Client:
+    """A client whose every payload (and failure message) is encrypted with the process's keys
+    (``keys``, or the settings'); payload_codec.PayloadKeyError without a usable key."""
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
+                                data_converter=data_converter(keys or KeyRing.from_settings(settings)))
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,10 @@
   generated on the first start; losing it invalidates every key.
 - ``dev-key``: a development key (tenant ``dev``, every scope including ``admin``), created on the
   first start and re-created if the database no longer knows it.
+- ``payload-keys``: the keys Temporal payloads and sealed job input are encrypted with
+  (SWITCHYARD_PAYLOAD_KEYS / SWITCHYARD_PAYLOAD_KEY_ID of every process), generated on the first
+  start: ``{"active": <key id>, "keys": {<key id>: <base64>}}``. Rotate by adding a key, making it
+  the active one and restarting; drop the old one once nothing encrypted with it is left.
 - ``postgres-dsn``: the database the running stack uses (it may be an embedded one on a free port),
   so that ``./switchyard keys`` finds it.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import sys
@@ -20,8 +25,10 @@ from pathlib import Path
 
 from switchyard.common.db.store import make_engine
 from switchyard.common.keys import DEFAULT_SCOPES, SCOPES, TIERS, KeyStore
+from switchyard.common.payload_codec import generate_key
 
 PEPPER_FILE = "key-pepper"
+PAYLOAD_KEYS_FILE = "payload-keys"
 DEV_KEY_FILE = "dev-key"
 DSN_FILE = "postgres-dsn"
 DEV_TENANT = "dev"
@@ -54,10 +61,23 @@ def ensure_pepper(state_dir: Path) -> str:
     return pepper
 
 
-async def create_key(dsn: str, pepper: str, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "") -> str:
+def ensure_payload_keys(state_dir: Path) -> dict[str, str]:
+    """The stack's payload encryption keys (generated on first use), as every process's environment."""
+    path = state_dir / PAYLOAD_KEYS_FILE
+    stored = read_private(path)
+    if stored is None:
+        kid = f"dev-{secrets.token_hex(4)}"
+        stored = json.dumps({"active": kid, "keys": {kid: generate_key()}})
+        write_private(path, stored)
+    ring = json.loads(stored)
+    return {"SWITCHYARD_PAYLOAD_KEYS": json.dumps(ring["keys"]), "SWITCHYARD_PAYLOAD_KEY_ID": ring["active"]}
+
+
+async def create_key(dsn: str, pepper: str, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "", *,
+                     rps: float | None = None, max_streams: int | None = None, tpm: int | None = None) -> str:
     engine = make_engine(dsn)
     try:
-        secret, _ = await KeyStore(engine, pepper).create(tenant, scopes, tier, name)
+        secret, _ = await KeyStore(engine, pepper).create(tenant, scopes, tier, name, rps=rps, max_streams=max_streams, tpm=tpm)
         return secret
     finally:
         await engine.dispose()
@@ -98,7 +118,8 @@ async def _run(args: argparse.Namespace) -> int:
         store = KeyStore(engine, pepper)
         if args.keys_cmd == "create":
             try:
-                secret, row = await store.create(args.tenant, [s.strip() for s in args.scopes.split(",") if s.strip()], args.tier, args.name)
+                secret, row = await store.create(args.tenant, [s.strip() for s in args.scopes.split(",") if s.strip()], args.tier, args.name,
+                                                 rps=args.rps, max_streams=args.streams, tpm=args.tpm)
             except ValueError as e:
                 print(f"switchyard keys: {e}", file=sys.stderr)
                 return 2
@@ -106,10 +127,11 @@ async def _run(args: argparse.Namespace) -> int:
             print(secret)  # alone on stdout: KEY=$(./switchyard keys create ...)
         elif args.keys_cmd == "list":
             rows = await store.list(args.tenant)
-            print(f"{'id':<36}  {'tenant':<16} {'prefix':<10}  {'tier':<6} {'scopes':<22} {'created':<19}  {'revoked':<19}  name")
+            print(f"{'id':<36}  {'tenant':<16} {'prefix':<10}  {'tier':<6} {'scopes':<22} {'limits (rps/streams/tpm)':<26} {'created':<19}  {'revoked':<19}  name")
             for r in rows:
                 revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
-                print(f"{r.id!s:<36}  {r.tenant:<16} {r.prefix:<10}  {r.tier:<6} {','.join(r.scopes):<22} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked:<19}  {r.name}")
+                limits = "/".join("tier" if v is None else f"{v:g}" for v in (r.rps, r.max_streams, r.tpm))
+                print(f"{r.id!s:<36}  {r.tenant:<16} {r.prefix:<10}  {r.tier:<6} {','.join(r.scopes):<22} {limits:<26} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked:<19}  {r.name}")
         else:
             try:
                 gone = await store.revoke(args.id)
@@ -134,6 +156,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--scopes", default=",".join(DEFAULT_SCOPES), help=f"comma-separated, of {', '.join(SCOPES)} (default: {','.join(DEFAULT_SCOPES)})")
     create.add_argument("--tier", default="normal", choices=TIERS, help="priority cap (default: normal)")
     create.add_argument("--name", default="", help="a label for listings")
+    create.add_argument("--rps", type=float, default=None, help="requests per second (default: the tier's)")
+    create.add_argument("--streams", type=int, default=None, help="concurrent streams: SSE, WebSocket, streamed completions (default: the tier's)")
+    create.add_argument("--tpm", type=int, default=None, help="LLM tokens per minute (default: the tier's)")
     lst = ks.add_parser("list", help="list keys (never their secrets)")
     lst.add_argument("--tenant", default=None)
     revoke = ks.add_parser("revoke", help="revoke a key by id")

@@ -66,6 +66,11 @@ class StackConfig:
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
     redis_url: str = "redis://127.0.0.1:6379/0"
     max_body_bytes: int = 10 * 1024 * 1024
+    # Nginx's coarse limit per client address (every location, HTTP and gRPC): requests per second
+    # and the burst beyond it answered at once; high, since benchmarks send hundreds of req/s from
+    # one address. Per-key quotas are the API's (switchyard.common.quotas).
+    ingress_rate_rps: int = 5000
+    ingress_burst: int = 10000
     worker_concurrency: int = 4
     engine_threads: int = 1
     engine_parallel: int = 4
@@ -138,6 +143,8 @@ def render_nginx(cfg: StackConfig) -> Path:
         "GRPC_LISTEN": f"127.0.0.1:{cfg.grpc_port}",
         "API_GRPC_UPSTREAM": f"127.0.0.1:{cfg.api_grpc_port}",
         "MAX_BODY": str(cfg.max_body_bytes),
+        "RATE": str(cfg.ingress_rate_rps),
+        "BURST": str(cfg.ingress_burst),
     }
     for k, v in values.items():
         tmpl = tmpl.replace("{{" + k + "}}", v)
@@ -188,6 +195,8 @@ class Stack:
     notes: list[str] = field(default_factory=list)
     # Server secret of the keys (state folder), and the development key (all scopes): set by start().
     pepper: str = field(default="", repr=False)
+    # Every process's payload encryption keys (SWITCHYARD_PAYLOAD_KEYS/_KEY_ID, state folder): set by start().
+    payload_env: dict[str, str] = field(default_factory=dict, repr=False)
     _dev_key: str = field(default="", repr=False)
 
     def catalog_env(self) -> dict[str, str]:
@@ -223,6 +232,7 @@ class Stack:
             "SWITCHYARD_POSTGRES_DSN": self.cfg.postgres_dsn,
             "SWITCHYARD_REDIS_URL": self.cfg.redis_url,
             "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
+            **self.payload_env,
             **self.catalog_env(),
         }
 
@@ -347,6 +357,7 @@ class Stack:
         upgrade(c.postgres_dsn)
         keys.write_private(c.state_dir / keys.DSN_FILE, c.postgres_dsn)  # for `./switchyard keys`
         self.pepper = keys.ensure_pepper(c.state_dir)
+        self.payload_env = keys.ensure_payload_keys(c.state_dir)
         self._dev_key = asyncio.run(keys.ensure_dev_key(c.postgres_dsn, self.pepper, c.state_dir))
         self.catalog()  # a bad catalog is reported here, before anything starts
         self._define()
@@ -383,11 +394,13 @@ class Stack:
             raise RuntimeError("the stack has not started")
         return self._dev_key
 
-    def create_key(self, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "") -> str:
-        """A new key of this stack (its database and pepper); the secret."""
+    def create_key(self, tenant: str, scopes: Sequence[str] = DEFAULT_SCOPES, tier: str = "normal", name: str = "", *,
+                   rps: float | None = None, max_streams: int | None = None, tpm: int | None = None) -> str:
+        """A new key of this stack (its database and pepper); the secret. ``rps``, ``max_streams``,
+        ``tpm``: the key's own limits (None: its tier's)."""
         if not self.pepper:
             raise RuntimeError("the stack has not started")
-        return asyncio.run(keys.create_key(self.cfg.postgres_dsn, self.pepper, tenant, scopes, tier, name))
+        return asyncio.run(keys.create_key(self.cfg.postgres_dsn, self.pepper, tenant, scopes, tier, name, rps=rps, max_streams=max_streams, tpm=tpm))
 
     @property
     def ingress(self) -> str:
@@ -411,5 +424,7 @@ class Stack:
             ("Redis", c.redis_url),
             ("logs", str(c.state_dir / "logs")),
             ("dev key (all scopes)", f"{self._dev_key}  (in {c.state_dir / keys.DEV_KEY_FILE})" if self._dev_key else "-"),
+            ("payload encryption key", f"id {self.payload_env['SWITCHYARD_PAYLOAD_KEY_ID']}  (in {c.state_dir / keys.PAYLOAD_KEYS_FILE})"
+             if self.payload_env else "-"),
         ]
         return "\n".join(f"  {k:<24} {v}" for k, v in rows)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,9 +25,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.models import Job
-from switchyard.common.db.store import JobStore
+from switchyard.common.db.store import JobStore, engine_input
 from switchyard.common.events import EventBus
+from switchyard.common.payload_codec import KeyRing, PayloadKeyError
 from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
+from switchyard.common.quotas import Backlog, Quotas
 
 log = logging.getLogger("switchyard.api.dispatch")
 
@@ -36,16 +39,24 @@ log = logging.getLogger("switchyard.api.dispatch")
 INLINE_INPUT_MAX_BYTES = 128 * 1024
 
 
-def spec_of(job: Job) -> JobSpec:
-    inline = len(json.dumps(job.input, separators=(",", ":"))) <= INLINE_INPUT_MAX_BYTES
-    return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=job.input if inline else None, priority_key=job.priority,
+def spec_of(job: Job, keys: KeyRing) -> JobSpec:
+    """The workflow's input, with the engine's input (the row's sealed one where there is one); the
+    Temporal client's codec encrypts it on its way to the history."""
+    engine = engine_input(job, keys)
+    inline = len(json.dumps(engine, separators=(",", ":"))) <= INLINE_INPUT_MAX_BYTES
+    return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=engine if inline else None, priority_key=job.priority,
                    accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000, model_spec=job.model_spec)
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, bus: EventBus, temporal: Client, *, sweep_every_s: float = 1.0, grace_s: float = 2.0) -> None:
-        self.store, self.bus, self.temporal = store, bus, temporal
+    def __init__(self, store: JobStore, bus: EventBus, temporal: Client, keys: KeyRing, *, sweep_every_s: float = 1.0, grace_s: float = 2.0,
+                 backlog: Backlog | None = None, reconcile_every_s: float = 10.0) -> None:
+        self.store, self.bus, self.temporal, self.keys = store, bus, temporal, keys
         self.sweep_every_s, self.grace_s = sweep_every_s, grace_s
+        # The per-model backlog (Redis): the sweeper also drops the ids of jobs that ended without
+        # their removal (a worker lost mid-finish), so lost removals cannot leak capacity.
+        self.backlog, self.reconcile_every_s = backlog, reconcile_every_s
+        self.quotas = Quotas(bus.redis)  # a job that fails here gives its token reservation back
         self._inflight: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -71,7 +82,7 @@ class Dispatcher:
             if not await self.bus.exists(job_id):
                 await self.bus.publish(job_id, "status", {"status": JobStatus.queued.value})
             await self.temporal.start_workflow(
-                WORKFLOW_TYPES[job.domain], spec_of(job), id=job_id, task_queue=TASK_QUEUES[job.domain],
+                WORKFLOW_TYPES[job.domain], spec_of(job, self.keys), id=job_id, task_queue=TASK_QUEUES[job.domain],
                 # Within a priority level Temporal takes turns between fairness keys: one per tenant.
                 priority=Priority(priority_key=job.priority, fairness_key=job.tenant), id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
@@ -83,14 +94,25 @@ class Dispatcher:
                 return False
             # Retrying cannot help (e.g. a payload over Temporal's limits): end the job, visibly.
             log.error("dispatch rejected; the job fails", extra={"fields": {"job_id": job_id, "error": repr(e)}})
-            outcome = JobOutcome(job_id=job_id, status=JobStatus.failed, error=JobError(type="DispatchRejected", message=e.message))
-            if await self.store.finish(outcome):
-                await self.bus.publish(job_id, "status", {"status": JobStatus.failed.value, "error": outcome.error.model_dump() if outcome.error else None})
+            await self._fail(job, JobError(type="DispatchRejected", message=e.message))
+        except PayloadKeyError as e:
+            # The sealed input's key is gone (dropped from SWITCHYARD_PAYLOAD_KEYS too early): no retry
+            # can run this job, and it must not block the sweeper's queue.
+            log.error("sealed input unreadable; the job fails", extra={"fields": {"job_id": job_id, "error": str(e)}})
+            await self._fail(job, JobError(type="SealedInputUnreadable", message=str(e)))
         except (RedisError, OSError) as e:
             log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
             return False
         await self.store.mark_dispatched(job.id)
         return True
+
+    async def _fail(self, job: Job, error: JobError) -> None:
+        job_id = str(job.id)
+        if self.backlog is not None:
+            await self.backlog.release(job.model, job_id)
+        await self.quotas.settle(job_id, 0)
+        if await self.store.finish(JobOutcome(job_id=job_id, status=JobStatus.failed, error=error)):
+            await self.bus.publish(job_id, "status", {"status": JobStatus.failed.value, "error": error.model_dump()})
 
     async def sweep_once(self) -> int:
         jobs = await self.store.undispatched(self.grace_s, limit=200)
@@ -99,13 +121,35 @@ class Dispatcher:
                 break  # the orchestrator is down: try again next round
         return len(jobs)
 
+    async def reconcile_backlog(self) -> int:
+        """Drop backlog ids of jobs that ended (or never got a row); how many were dropped."""
+        if self.backlog is None:
+            return 0
+        members = await self.backlog.members()
+        ids = [uuid.UUID(j) for entries in members.values() for j, _ in entries]
+        statuses: dict[str, str] = {}
+        for i in range(0, len(ids), 1000):
+            statuses.update(await self.store.statuses(ids[i:i + 1000]))
+        ended = [j for j, st in statuses.items() if JobStatus(st).terminal]
+        dropped = await self.backlog.reconcile(members, ended, statuses.keys())
+        if dropped:
+            log.warning("backlog ids of ended jobs dropped", extra={"fields": {"dropped": dropped}})
+        return dropped
+
     async def _sweep_forever(self) -> None:
+        last_reconcile = time.monotonic()
         while True:
             await asyncio.sleep(self.sweep_every_s)
             try:
                 await self.sweep_once()
             except Exception:  # keep sweeping whatever one round hit (database restart...)
                 log.exception("sweep failed")
+            if time.monotonic() - last_reconcile >= self.reconcile_every_s:
+                last_reconcile = time.monotonic()
+                try:
+                    await self.reconcile_backlog()
+                except Exception:
+                    log.exception("backlog reconcile failed")
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())

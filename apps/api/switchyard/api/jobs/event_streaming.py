@@ -18,9 +18,11 @@ from switchyard.api.auth import Caller, authenticate, require
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError, error_body
 from switchyard.api.jobs.service import load_job
+from switchyard.api.limits import open_stream
 from switchyard.common.contracts import JobEvent, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.events import START
+from switchyard.common.quotas import Lease
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -56,12 +58,19 @@ async def sse_events(
 ) -> EventSourceResponse:
     job = await load_job(res, job_id, caller)
     after = _resume_point(last_event_id if last_event_id is not None else last_event_id_q)
+    lease = await open_stream(res, caller)  # a slot among the key's concurrent streams, or 429
 
     async def gen() -> AsyncIterator[dict[str, Any]]:
-        async for event in job_events(res, job, after):
-            if event is None:
-                continue  # sse-starlette sends its own keep-alive pings
-            yield {"id": event.id, "event": event.type, "data": json.dumps(event.data, separators=(",", ":"))}
+        try:
+            async for event in job_events(res, job, after):
+                if lease is not None:
+                    await lease.renew()
+                if event is None:
+                    continue  # sse-starlette sends its own keep-alive pings
+                yield {"id": event.id, "event": event.type, "data": json.dumps(event.data, separators=(",", ":"))}
+        finally:
+            if lease is not None:  # in the background: a cancelled generator cannot await
+                res.dispatcher.background(lease.release())
 
     return EventSourceResponse(gen(), ping=int(res.settings.stream_keepalive_s), headers={"X-Accel-Buffering": "no"})
 
@@ -74,9 +83,12 @@ async def ws_events(websocket: WebSocket, job_id: str, last_event_id: Annotated[
     job is) and close code 4401/4403/4404."""
     res: Resources = websocket.app.state.resources
     await websocket.accept()
+    lease: Lease | None = None
     try:
-        job = await load_job(res, job_id, await authenticate(websocket, "jobs"))
+        caller = await authenticate(websocket, "jobs")
+        job = await load_job(res, job_id, caller)
         after = _resume_point(last_event_id)
+        lease = await open_stream(res, caller)
     except ApiError as e:
         await websocket.send_json({"event": "error", "data": error_body(e.status, e.code, e.message, e.param)})
         await websocket.close(code=4000 + e.status)
@@ -93,6 +105,8 @@ async def ws_events(websocket: WebSocket, job_id: str, last_event_id: Annotated[
         async for event in job_events(res, job, after):
             if watcher.done():
                 return
+            if lease is not None:
+                await lease.renew()
             if event is None:
                 continue
             await websocket.send_json({"id": event.id, "event": event.type, "data": event.data})
@@ -101,3 +115,5 @@ async def ws_events(websocket: WebSocket, job_id: str, last_event_id: Annotated[
         pass
     finally:
         watcher.cancel()
+        if lease is not None:
+            res.dispatcher.background(lease.release())

@@ -9,15 +9,18 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 
 from switchyard.api.auth import Caller, require
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
-from switchyard.api.jobs.service import accept_job, admit, cancel_job, find_model, header_priority, load_job
+from switchyard.api.jobs.service import accept_job, cancel_job, find_model, header_priority, load_job, purge_job
 from switchyard.api.jobs.views import JobAccepted, JobPage, JobView
-from switchyard.common.contracts import JobCreate, JobStatus
+from switchyard.api.limits import admit_job, llm_cost
+from switchyard.api.privacy import screen_llm_input, stored_metadata
+from switchyard.common.contracts import JobCreate, JobStatus, LlmInput
 from switchyard.common.db.models import Job
+from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import capped_priority
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require("jobs"))])
@@ -27,20 +30,34 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(requi
 async def submit_job(
     res: Res,
     caller: Caller,
+    request: Request,
     response: Response,
     job: Annotated[JobCreate, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     x_priority: Annotated[str | None, Header()] = None,
 ) -> JobAccepted:
     # Vision jobs send images: the model must be an image classifier (switchyard.common.v2.config).
-    find_model(res, job.model, job.domain, "classifier" if job.domain == "vision" else None)
+    model = find_model(res, job.model, job.domain, "classifier" if job.domain == "vision" else None)
+    # LLM text goes through the model's PII policy: the engine gets `inp`, the row `stored_input`.
+    inp, stored_input = job.input.model_dump(mode="json"), None
+    if isinstance(model, ModelEntry):
+        screened = await screen_llm_input(res, model, inp, status=422, param="input.messages" if inp.get("messages") else "input.prompt")
+        inp, stored_input = screened.engine, screened.stored
+    metadata = await stored_metadata(res, job.metadata)
     # The key's tier caps the priority (and is the default).
     prio = capped_priority(job.priority if job.priority is not None else header_priority(x_priority), caller.tier)
-    await admit(res, job.model)
+    # LLM work reserves the caller's tokens per minute; every job takes a place in its model's backlog.
+    admission = await admit_job(res, caller, request, job.model, llm_cost(job.input) if isinstance(job.input, LlmInput) else None)
     t_db = time.perf_counter()
-    row, created = await accept_job(res, tenant=caller.tenant, domain=job.domain, model=job.model, input=job.input.model_dump(mode="json"), priority=prio,
-                                    metadata=job.metadata, idempotency_key=idempotency_key)
-    links = JobView.of(row).links
+    try:
+        row, created = await accept_job(res, tenant=caller.tenant, domain=job.domain, model=job.model, input=inp, stored_input=stored_input,
+                                        priority=prio, metadata=metadata, idempotency_key=idempotency_key, job_id=admission.job_id)
+    except BaseException:
+        await admission.undo()
+        raise
+    if not created:  # the replayed job holds its own place and reservation
+        await admission.undo()
+    links = JobView.of(row, res.payload_keys, caller).links
     response.headers["Location"] = links.self
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -51,7 +68,7 @@ async def submit_job(
 
 @router.get("/{job_id}", response_model=JobView)
 async def get_job(res: Res, caller: Caller, job_id: str) -> JobView:
-    return JobView.of(await load_job(res, job_id, caller))
+    return JobView.of(await load_job(res, job_id, caller), res.payload_keys, caller)
 
 
 def _encode_cursor(job: Job) -> str:
@@ -79,13 +96,21 @@ async def list_jobs(
     rows = await res.store.page(status=status.value if status else None, domain=domain, limit=limit + 1, before=_decode_cursor(cursor) if cursor else None,
                                 tenant=None if caller.is_admin else caller.tenant)
     page = rows[:limit]
-    return JobPage(data=[JobView.of(j) for j in page], next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return JobPage(data=[JobView.of(j, res.payload_keys, caller) for j in page], next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobView)
-async def delete_job(res: Res, caller: Caller, job_id: str) -> JobView:
-    """Request cancellation: the workflow stops the engine request and records ``cancelled``."""
+async def delete_job(res: Res, caller: Caller, response: Response, job_id: str,
+                     purge: Annotated[bool, Query(description="also erase the job's data now: input, result, events, history")] = False) -> JobView:
+    """Request cancellation: the workflow stops the engine request and records ``cancelled`` (202).
+
+    ``?purge=true``: cancel it if it still runs, then erase its data at once, as retention would
+    (docs/security.md); 200 with what is left of it (``purged_at`` set)."""
     job = await load_job(res, job_id, caller)
+    if purge:
+        await purge_job(res, job)
+        response.status_code = 200
+        return JobView.of(await load_job(res, job_id, caller), res.payload_keys, caller)
     if not await cancel_job(res, job):
         raise ApiError(409, "job_finished", f"job already {job.status}", param="job_id")
-    return JobView.of(await load_job(res, job_id, caller))
+    return JobView.of(await load_job(res, job_id, caller), res.payload_keys, caller)

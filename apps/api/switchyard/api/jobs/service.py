@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -12,14 +13,15 @@ import uuid
 from typing import Any
 
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
-from switchyard.common.contracts import JobStatus
+from switchyard.common.contracts import JobOutcome, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.keys import Principal
 from switchyard.common.model_registry import ModelEntry
+from switchyard.common.payload_codec import sealed_input_context
 from switchyard.common.priority import PriorityValue
 from switchyard.common.v2.config import V2Model
 
@@ -66,21 +68,30 @@ async def load_job(res: Resources, job_id: str, caller: Principal) -> Job:
     return job
 
 
-async def admit(res: Resources, model: str) -> None:
-    """Refuse new work for a model whose backlog is full (429 + Retry-After), instead of queueing forever."""
-    if await res.store.pending(model) >= res.settings.max_pending_per_model:
+async def admit(res: Resources, model: str, job_id: uuid.UUID) -> None:
+    """A place for the job in its model's backlog, or 429 + Retry-After when it is full (instead of
+    queueing forever). Atomic in Redis (switchyard.common.quotas.Backlog): concurrent submissions
+    cannot overfill it. The job's end (or its cancel before dispatch) gives the place back."""
+    if not await res.backlog.admit(model, str(job_id), res.settings.max_pending_per_model):
         raise ApiError(429, "overloaded", f"too many pending requests for {model!r}; retry shortly", headers={"Retry-After": "1"})
 
 
 async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
-                     idempotency_key: str | None = None) -> tuple[Job, bool]:
+                     idempotency_key: str | None = None, stored_input: dict[str, Any] | None = None,
+                     job_id: uuid.UUID | None = None) -> tuple[Job, bool]:
     """Commit the job row (the caller's tenant's) and hand it to the outbox; returns (job, created).
-    An idempotency key is the tenant's own: another tenant's same key is another job."""
+    ``input`` is what the engine gets; ``stored_input`` (PII redacted) is what the row keeps readable
+    (default: ``input``). An idempotency key is the tenant's own: another tenant's same key is another job."""
     body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
-    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    # Keyed (the server's pepper): a plain hash of the raw input would let a guess of it be confirmed.
+    request_hash = hmac.new(res.settings.key_pepper.get_secret_value().encode(), json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+    row_id = job_id or uuid.uuid4()
     row, created = await res.store.create(
-        {"id": uuid.uuid4(), "tenant": tenant, "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
-         "input": input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash}
+        {"id": row_id, "tenant": tenant, "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
+         "input": input if stored_input is None else stored_input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash,
+         # The engine's input, encrypted, where the readable copy is not it (PII passed to the engine
+         # under the `pass` policy): what the outbox and the claim check hand the engine then.
+         "input_sealed": None if stored_input is None or stored_input == input else res.payload_keys.seal(input, sealed_input_context(row_id))}
     )
     if created:
         res.dispatcher.dispatch_soon(row)
@@ -99,6 +110,8 @@ async def cancel_job(res: Resources, job: Job) -> bool:
     if await res.store.cancel_undispatched(job.id):
         # Accepted but its workflow never started (orchestrator slow or down): end it here. If the
         # outbox starts the workflow anyway, the activity finds the job ended and does nothing.
+        await res.backlog.release(job.model, str(job.id))
+        await res.quotas.settle(str(job.id), 0)  # it used no tokens
         await res.bus.publish(str(job.id), "status", {"status": JobStatus.cancelled.value})
         return True
     handle = res.temporal.get_workflow_handle(str(job.id))
@@ -132,3 +145,37 @@ async def cancel_abandoned(res: Resources, job: Job) -> None:
             log.warning("could not cancel the job of a client that went away; retrying", extra={"fields": fields})
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+# DELETE ?purge=true of a running job: how long its workflow gets to stop the engine and record the cancel.
+PURGE_CANCEL_WAIT_S = 10.0
+
+
+async def purge_job(res: Resources, job: Job) -> None:
+    """Erase one job's data now (``DELETE /v1/jobs/{id}?purge=true``): its row's content, its event
+    stream and its Temporal history (jobs/retention.py).
+
+    A job still running is cancelled first, and its workflow given PURGE_CANCEL_WAIT_S to stop the
+    engine request and record the end, so that nothing it publishes afterwards recreates what was
+    erased; past that the job is ended here and its workflow terminated with its history.
+    """
+    job_id = str(job.id)
+    if not JobStatus(job.status).terminal:
+        await cancel_job(res, job)
+        deadline = time.monotonic() + PURGE_CANCEL_WAIT_S
+        handle = res.temporal.get_workflow_handle(job_id)
+        try:
+            while time.monotonic() < deadline and (await handle.describe(rpc_timeout=RPC_TIMEOUT)).status == WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(0.1)
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:  # never started (cancelled before dispatch): nothing to wait for
+                raise ApiError(503, "orchestrator_unavailable", "could not reach the orchestrator; retry", headers={"Retry-After": "1"}) from e
+        if await res.store.finish(JobOutcome(job_id=job_id, status=JobStatus.cancelled)):
+            await res.backlog.release(job.model, job_id)
+            await res.quotas.settle(job_id, 0)
+            await res.bus.publish(job_id, "status", {"status": JobStatus.cancelled.value})
+    try:
+        await res.purger.purge(job.id)
+    except RPCError as e:
+        raise ApiError(503, "orchestrator_unavailable", "could not reach the orchestrator to delete the job's history; retry",
+                       headers={"Retry-After": "1"}) from e

@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 import httpx
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
-from switchyard.api.jobs.service import accept_job, admit, find_model, header_priority
+from switchyard.api.jobs.service import accept_job, find_model, header_priority
+from switchyard.api.limits import admit_job, llm_cost
+from switchyard.api.privacy import screen_llm_input, stored_metadata
 from switchyard.common.contracts import LlmInput
 from switchyard.common.db.models import Job
 from switchyard.common.engines.base import EngineError
@@ -70,13 +73,23 @@ def check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
             raise ApiError(400, "unsupported_parameter", f"logprobs are not available for {entry.name} (engine: {', '.join(lacking)})", param="logprobs")
 
 
-async def start_completion(res: Resources, caller: Principal, entry: ModelEntry, inp: LlmInput, x_priority: str | None, user: str | None) -> Job:
+async def start_completion(res: Resources, caller: Principal, entry: ModelEntry, inp: LlmInput, x_priority: str | None, user: str | None,
+                           conn: HTTPConnection) -> Job:
     """Check, admit and accept the completion's job, the caller tenant's (``X-Priority``, capped by
-    the key's tier; the tier's priority without one)."""
+    the key's tier; the tier's priority without one). Admission reserves the caller's tokens per
+    minute (prompt estimate + max_tokens) and a place in the model's backlog."""
     check_capabilities(entry, inp)
+    # The model's PII policy: the engine gets `screened.engine`, the row keeps `screened.stored`.
+    screened = await screen_llm_input(res, entry, inp.model_dump(mode="json"), status=400, param="messages" if inp.messages else "prompt")
+    inp = llm_input(lambda: LlmInput.model_validate(screened.engine), entry, None)
     await check_context(res, entry, inp)
-    await admit(res, entry.name)
+    metadata = await stored_metadata(res, {"api": "openai", **({"user": user} if user else {})})
     prio = capped_priority(header_priority(x_priority), caller.tier)
-    row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=inp.model_dump(mode="json"), priority=prio,
-                              metadata={"api": "openai", **({"user": user} if user else {})})
+    admission = await admit_job(res, caller, conn, entry.name, llm_cost(inp))
+    try:
+        row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=screened.engine, stored_input=screened.stored,
+                                  priority=prio, metadata=metadata, job_id=admission.job_id)
+    except BaseException:
+        await admission.undo()
+        raise
     return row

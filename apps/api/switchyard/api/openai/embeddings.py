@@ -11,6 +11,7 @@ from switchyard.api.errors import ApiError
 from switchyard.api.openai.admission import find_llm_model
 from switchyard.api.openai.protocol import EmbeddingRequest
 from switchyard.api.openai.responses import Embedding, EmbeddingList, EmbeddingUsage
+from switchyard.api.privacy import screen_embedding_input
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import engine_for
 from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
@@ -18,9 +19,10 @@ from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, firs
 
 async def embed(res: Resources, body: EmbeddingRequest) -> EmbeddingList:
     entry = find_llm_model(res, body.model, "embedding")
+    texts = await screen_embedding_input(res, entry, body.texts())  # the model's PII policy
 
     async def on(attempt: Attempt) -> tuple[list[list[float]], int]:
-        return await engine_for(attempt.endpoint, res.http).embed(body.texts())
+        return await engine_for(attempt.endpoint, res.http).embed(texts)
 
     try:
         (vectors, tokens), _ = await first_endpoint_that_works(entry.name, entry.endpoints, on)

@@ -36,6 +36,7 @@ from switchyard.api.openai.responses import (
 from switchyard.common.contracts import JobEvent, JobStatus, Usage
 from switchyard.common.db.models import Job
 from switchyard.common.events import TokenLedger
+from switchyard.common.quotas import Lease
 
 JOB_HEADER = "X-Switchyard-Job-Id"
 # Errors of a failed job → the HTTP status a client gets.
@@ -76,6 +77,8 @@ class Reply:
     n: int
     logprobs: bool
     include_usage: bool
+    # A streamed reply's slot among the key's concurrent streams (switchyard.api.limits.open_stream).
+    lease: Lease | None = None
 
     @property
     def object_id(self) -> str:
@@ -200,6 +203,8 @@ def respond_stream(reply: Reply) -> StreamingResponse:
             if reply.kind == "chat":
                 yield chunks.roles()
             async for event in job_events(reply.res, reply.job):
+                if reply.lease is not None:
+                    await reply.lease.renew()
                 if event is None:
                     continue
                 if tokens.apply(event):
@@ -218,6 +223,8 @@ def respond_stream(reply: Reply) -> StreamingResponse:
         finally:
             if not finished:  # the client went away mid-stream
                 reply.cancel_in_background()
+            if reply.lease is not None:
+                reply.res.dispatcher.background(reply.lease.release())
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={**reply.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -14,14 +14,20 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from switchyard.api.auth import Caller, require
-from switchyard.api.deps import Res
+from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError
+from switchyard.api.limits import charge_tokens, open_stream, text_tokens
 from switchyard.api.openai.admission import find_llm_model, llm_input, start_completion
 from switchyard.api.openai.embeddings import embed
 from switchyard.api.openai.model_cards import model_cards
 from switchyard.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from switchyard.api.openai.rendering import Reply, respond
 from switchyard.api.openai.responses import EmbeddingList, ModelCard, ModelList
+from switchyard.common.contracts import LlmInput
+from switchyard.common.db.models import Job
+from switchyard.common.keys import Principal
+from switchyard.common.model_registry import ModelEntry
+from switchyard.common.quotas import Lease
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require("openai"))])
 
@@ -39,14 +45,26 @@ async def get_model(res: Res, model_id: str) -> ModelCard:
     return card
 
 
+async def _start(res: Resources, caller: Principal, request: Request, entry: ModelEntry, inp: LlmInput, x_priority: str | None,
+                 user: str | None, stream: bool) -> tuple[Job, Lease | None]:
+    """Accept the completion's job; a streamed one first takes one of the key's stream slots."""
+    lease = await open_stream(res, caller) if stream else None
+    try:
+        return await start_completion(res, caller, entry, inp, x_priority, user, request), lease
+    except BaseException:
+        if lease is not None:
+            await lease.release()
+        raise
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     res: Res, caller: Caller, request: Request, body: ChatCompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
     inp = llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
-    job = await start_completion(res, caller, entry, inp, x_priority, body.user)
-    return await respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage), request, body.stream)
+    job, lease = await _start(res, caller, request, entry, inp, x_priority, body.user, body.stream)
+    return await respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage, lease), request, body.stream)
 
 
 @router.post("/completions", response_model=None)
@@ -54,10 +72,13 @@ async def completions(
     res: Res, caller: Caller, request: Request, body: CompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
-    job = await start_completion(res, caller, entry, llm_input(body.llm_input, entry, body.max_tokens), x_priority, body.user)
-    return await respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage), request, body.stream)
+    inp = llm_input(body.llm_input, entry, body.max_tokens)
+    job, lease = await _start(res, caller, request, entry, inp, x_priority, body.user, body.stream)
+    return await respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage, lease), request, body.stream)
 
 
 @router.post("/embeddings")
-async def embeddings(res: Res, body: EmbeddingRequest) -> EmbeddingList:
+async def embeddings(res: Res, caller: Caller, request: Request, body: EmbeddingRequest) -> EmbeddingList:
+    # Synchronous: the input's estimate is taken from the caller's tokens per minute, nothing to settle.
+    await charge_tokens(res, caller, request, sum(text_tokens(t) for t in body.texts()))
     return await embed(res, body)

@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import CHAR, DateTime, Index, Integer, SmallInteger, String, UniqueConstraint, func
+from sqlalchemy import CHAR, BigInteger, DateTime, Float, Index, Integer, LargeBinary, SmallInteger, String, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -44,6 +44,14 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The engine's input, encrypted (switchyard.common.payload_codec: KeyRing.seal), when ``input``,
+    # the readable copy (PII redacted), is not it (`pass` policy). Kept while the job may run only.
+    input_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The engine's answer, encrypted, when ``result`` is its PII-redacted copy (LLM jobs): what the
+    # job's tenant reads back (switchyard.api.jobs.views). Erased with the rest at purge.
+    result_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # When retention (or DELETE ?purge=true) erased the job's content (docs/security.md).
+    purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -51,6 +59,8 @@ class Job(Base):
         Index("ix_jobs_undispatched", "created_at", postgresql_where=dispatched_at.is_(None)),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        # The retention purger's work list: ended jobs not purged yet, oldest end first.
+        Index("ix_jobs_purge_due", "finished_at", postgresql_where=purged_at.is_(None)),
     )
 
 
@@ -68,5 +78,9 @@ class ApiKey(Base):
     tier: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The key's own limits (migration 0005); NULL: its tier's (ApiSettings.tier_quotas).
+    rps: Mapped[float | None] = mapped_column(Float)
+    max_streams: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_api_keys_tenant_created", "tenant", "created_at"),)

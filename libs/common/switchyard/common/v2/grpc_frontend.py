@@ -84,8 +84,8 @@ def handlers(plane: DataPlane, authorize: Authorize | None = None) -> grpc.Gener
                     await check({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
                 return await fn(raw, context.time_remaining())
             except V2Error as e:
-                for k, v in e.headers.items():
-                    context.set_trailing_metadata(((k.lower(), v),))
+                if e.headers:  # all at once: each call replaces the previous trailers
+                    context.set_trailing_metadata(tuple((k.lower(), v) for k, v in e.headers.items()))
                 await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
             except Exception:
                 log.exception("gRPC call failed")
