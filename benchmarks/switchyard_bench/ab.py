@@ -18,6 +18,7 @@ Probes (API ports directly, no Nginx: the ingress is not part of the change):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -36,9 +37,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from switchyard.common.db.store import make_engine
+from switchyard.common.keys import LISTED_PREFIX, hash_key
 from switchyard.devstack.client import llm_job
+from switchyard.devstack.keys import DEV_SCOPES, DEV_TENANT
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.procs import Proc, free_port, http_ready
 from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal
@@ -66,6 +71,24 @@ def _pythonpath(env: dict[str, str], tree: Path) -> str:
     return ":".join(swap.get(p, p) for p in env["PYTHONPATH"].split(":"))
 
 
+async def _share_dev_key(dsn: str, stack: Stack) -> None:
+    """The stack's development key, valid in the baseline's database too (a baseline from before
+    keys has no table and ignores the header): both APIs get the same requests."""
+    engine = make_engine(dsn)
+    try:
+        async with engine.begin() as conn:
+            if (await conn.execute(text("select to_regclass('api_keys')"))).scalar() is None:
+                return
+            await conn.execute(
+                text("insert into api_keys (id, tenant, name, prefix, key_hash, scopes, tier) "
+                     "values (:id, :tenant, 'benchmark', :prefix, :hash, cast(:scopes as jsonb), 'normal') on conflict (key_hash) do nothing"),
+                {"id": uuid.uuid4(), "tenant": DEV_TENANT, "prefix": stack.dev_key[:LISTED_PREFIX], "hash": hash_key(stack.pepper, stack.dev_key),
+                 "scopes": json.dumps(list(DEV_SCOPES))},
+            )
+    finally:
+        await engine.dispose()
+
+
 def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
     """The baseline's API, LLM worker and vision worker, configured like the stack's own but with
     their own database (migrated by their own code: the schema may differ) and their own Temporal
@@ -85,6 +108,7 @@ def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
     api_env = env_of("api", SWITCHYARD_API_PORT=str(ports["api"]), SWITCHYARD_GRPC_PORT=str(ports["api_grpc"]),
                      SWITCHYARD_V2_UPSTREAMS=json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}}))
     subprocess.run([sys.executable, "-m", "switchyard.common.db.migrate"], env=api_env, check=True)
+    asyncio.run(_share_dev_key(dsn.render_as_string(hide_password=False), stack))
     logs = stack.cfg.state_dir / "logs"
     llm = Proc("baseline-worker-llm", [sys.executable, "-m", "switchyard.worker_llm"], env_of("worker-llm"), logs / "baseline-worker-llm.log", lambda: False)
     llm.ready = llm.log_contains("worker started")
