@@ -10,9 +10,11 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from switchyard.devstack.client import JobClient
 from switchyard.devstack.stack import Stack, StackConfig, drop_database
@@ -122,3 +124,11 @@ def client(stack: Stack, api_key: str) -> JobClient:
 def oai(stack: Stack, gold_key: str) -> openai.OpenAI:
     """The official OpenAI client, unmodified, pointed at Switchyard's ingress, with ``gold_key``."""
     return openai.OpenAI(base_url=stack.ingress + "/v1", api_key=gold_key, max_retries=0, timeout=120)
+
+
+def expect_error(fn: Any, status: str, text: str) -> None:
+    """``fn`` (a tritonclient call) fails with this status, its message containing ``text``."""
+    with pytest.raises(InferenceServerException) as exc:
+        fn()
+    assert exc.value.status() == status, (exc.value.status(), exc.value.message())
+    assert text in (exc.value.message() or ""), exc.value.message()

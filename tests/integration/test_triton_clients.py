@@ -21,9 +21,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.model_config_pb2 as mc
 import tritonclient.http as httpclient
+from conftest import expect_error
 from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import triton_to_np_dtype
 
 from switchyard.devstack.models import cache_dir, sample_images
 from switchyard.devstack.stack import Stack
@@ -224,13 +225,6 @@ def test_model_configuration_of_the_ensembles(http_client: httpclient.InferenceS
     assert config["name"] == "vision-classify" and config["max_batch_size"] == 32
     assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("image", "TYPE_STRING", [])]
     assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [("labels", "TYPE_STRING", [-1]), ("scores", "TYPE_FP32", [-1])]
-
-
-def expect_error(fn: Any, status: str, text: str) -> None:
-    with pytest.raises(InferenceServerException) as exc:
-        fn()
-    assert exc.value.status() == status, (exc.value.status(), exc.value.message())
-    assert text in (exc.value.message() or ""), exc.value.message()
 
 
 def test_unknown_models_and_bad_classification_requests_over_http(http_client: httpclient.InferenceServerClient, auth: dict[str, str]) -> None:

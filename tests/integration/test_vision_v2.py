@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import expect_error
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from switchyard.devstack.models import sample_images
@@ -81,13 +82,6 @@ def pixels(batch: int = 1, seed: int = 0) -> np.ndarray[Any, Any]:
 
 def top1(result: Any) -> list[str]:
     return [row[0].decode() for row in result.as_numpy("labels")]
-
-
-def expect_error(fn: Any, status: str, text: str) -> None:
-    with pytest.raises(InferenceServerException) as exc:
-        fn()
-    assert exc.value.status() == status, (exc.value.status(), exc.value.message())
-    assert text in (exc.value.message() or ""), exc.value.message()
 
 
 # ---------------------------------------------------------------- server and model endpoints
