@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,3 +133,11 @@ def expect_error(fn: Any, status: str, text: str) -> None:
         fn()
     assert exc.value.status() == status, (exc.value.status(), exc.value.message())
     assert text in (exc.value.message() or ""), exc.value.message()
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import openai
 import pytest
 import redis
 import tritonclient.grpc as grpcclient
-from conftest import FALLBACK_MODEL, MAX_PENDING  # pants: no-infer-dep
+from conftest import FALLBACK_MODEL, MAX_PENDING, eventually  # pants: no-infer-dep
 from sqlalchemy.engine import make_url
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -65,13 +65,6 @@ def assert_429(r: httpx.Response, limit: str) -> dict[str, Any]:
         assert (remaining == 0 if kind == "requests" else remaining < limit_value) and limit_value >= 1, dict(r.headers)
         assert RESET.match(r.headers[f"x-ratelimit-reset-{kind}"]), dict(r.headers)
     return err  # type: ignore[no-any-return]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def wait_done(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from switchyard.common.v2.errors import V2Error
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 MISSING = "no API key: send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`"
 INVALID = "invalid or revoked API key"
+LIMITER_DOWN = "the rate limiter is unavailable; retry"
 
 
 class Refused(Exception):
@@ -74,7 +75,7 @@ class Gatekeeper:
         except QuotaExceeded as e:
             raise Refused(429, e.message, e.headers) from None
         except RedisError as e:  # the counters are unreachable: a clear 503, never unlimited
-            raise Refused(503, "the rate limiter is unavailable; retry") from e
+            raise Refused(503, LIMITER_DOWN) from e
 
     async def authorize_v2(self, headers: Mapping[str, str]) -> None:
         """The V2 front ends' hook (REST routes, the infer fast path, gRPC): key, scope, request rate."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
+from switchyard.api.auth import LIMITER_DOWN, Refused, refusal
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.api.jobs.service import admit
@@ -25,9 +26,8 @@ TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS = 8, 16
 
 
 def quota_error(e: QuotaExceeded | RedisError) -> ApiError:
-    if isinstance(e, RedisError):  # the counters are unreachable: a clear 503, never unlimited
-        return ApiError(503, "unavailable", "the rate limiter is unavailable; retry", headers={"Retry-After": "1"})
-    return ApiError(429, "rate_limit_exceeded", e.message, headers=e.headers)
+    """429, or 503 when the counters are unreachable (never unlimited): as for the request rate."""
+    return refusal(Refused(503, LIMITER_DOWN) if isinstance(e, RedisError) else Refused(429, e.message, e.headers))
 
 
 def text_tokens(text: str) -> int:
