@@ -103,7 +103,9 @@ def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
     def env_of(proc: str, **extra: str) -> dict[str, str]:
         env = stack.procs[proc].env
         return {**env, "PYTHONPATH": _pythonpath(env, tree), "SWITCHYARD_CATALOG": str(tree / CATALOG), "SWITCHYARD_TEMPORAL_NAMESPACE": namespace,
-                "SWITCHYARD_POSTGRES_DSN": dsn.render_as_string(hide_password=False), **extra}
+                "SWITCHYARD_POSTGRES_DSN": dsn.render_as_string(hide_password=False),
+                # The stack's processes hold their metrics ports; the baseline's serve none (older revisions ignore these).
+                "SWITCHYARD_METRICS_PORT": "0", "SWITCHYARD_TEMPORAL_METRICS_PORT": "0", **extra}
 
     api_env = env_of("api", SWITCHYARD_API_PORT=str(ports["api"]), SWITCHYARD_GRPC_PORT=str(ports["api_grpc"]),
                      SWITCHYARD_V2_UPSTREAMS=json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}}))

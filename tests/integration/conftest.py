@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from otlp_receiver import OtlpReceiver  # pants: no-infer-dep (a test util beside conftest.py)
 from tritonclient.utils import InferenceServerException
 
 from switchyard.devstack.client import JobClient
@@ -71,11 +72,21 @@ def scratch_dsn() -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(scope="session")
-def stack(scratch_dsn: Callable[[], str]) -> Iterator[Stack]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where the stack's processes export their traces (a stand-in for a collector; otlp_receiver.py)."""
+    receiver = OtlpReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(scratch_dsn: Callable[[], str], otlp: OtlpReceiver) -> Iterator[Stack]:
     state = Path(tempfile.mkdtemp(prefix="switchyard-test-", dir=os.environ.get("SWITCHYARD_TEST_STATE_DIR")))
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
     # vision=True: fail (naming build-support/setup-vision.sh) rather than skip when it is not set up.
-    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True,
+    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True, otlp_endpoint=otlp.url,
                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING),
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     # Tests add their own models through catalog overlays: the fallback model, and a file the reload

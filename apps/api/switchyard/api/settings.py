@@ -18,6 +18,15 @@ class ApiSettings(CommonSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API processes (uvicorn workers). Their metrics go to one page (prometheus-client multiprocess
+    # mode, docs/metrics.md); process i's Temporal SDK page is on temporal_metrics_port + i.
+    api_workers: int = Field(default=1, ge=1, le=64)
+    # This process's /metrics page and its Temporal SDK's page (docs/metrics.md; 0 = off), never behind Nginx.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    temporal_metrics_port: int = Field(default=9111, ge=0, le=65535)
+    # How often each API process refreshes the task-queue backlog and breaker gauges.
+    gauges_every_s: float = Field(default=5.0, gt=0)
     # Largest request body accepted (Nginx enforces the same limit at the edge).
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Keep-alive comment interval on SSE and ping interval on WebSocket.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from contextvars import ContextVar
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from switchyard.common import metrics, tracing
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.contracts import JobSpec, LlmChoice, LlmGeneration, LlmInput, Timings, Usage
@@ -17,8 +19,13 @@ from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import engine_for
 from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
 from switchyard.common.model_registry import ModelEntry
+from switchyard.common.request_log import CURRENT_REQUEST_ID
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.publisher import TokenPublisher
+
+# Time inside the engine's streams of the current attempt (Timings.engine_ms: the platform's
+# overhead is the rest). A list per attempt; the choices' tasks inherit it.
+ENGINE_SPANS: ContextVar[list[tuple[float, float]]] = ContextVar("switchyard_engine_spans")
 
 
 def job_seed(job_id: str, given: int | None, choice: int) -> int:
@@ -48,12 +55,21 @@ class LlmActivities:
         inp = LlmInput.model_validate(await self.books.job_input(spec))
         await self.books.start_attempt(spec.job_id)
         attempt = activity.info().attempt
+        if attempt == 1:
+            metrics.observe_queue_time("llm", spec, started)
         already = await self.books.bus.tokens_since_reset(spec.job_id) if attempt > 1 else {}
         publisher = TokenPublisher(self.books.bus, spec.job_id, attempt, already)
         first_token: list[float] = []
         checkpoint: list[object] = [0]
-        async with heartbeating(checkpoint):
-            results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token) for c in range(inp.n)))
+        CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id; __main__'s httpx hook)
+        engine_spans: list[tuple[float, float]] = []
+        ENGINE_SPANS.set(engine_spans)  # each choice's engine stream notes its span (the choices' tasks share the list)
+        generated: list[Usage] = []  # what the engines processed, also for a stream cut off midway
+        try:
+            async with heartbeating(checkpoint):
+                results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token, generated) for c in range(inp.n)))
+        finally:
+            metrics.count_tokens(entry.name, max((u.prompt_tokens for u in generated), default=0), sum(u.completion_tokens for u in generated))
         await publisher.finish()
         usage = Usage(prompt_tokens=max(u.prompt_tokens for _, u, _ in results), completion_tokens=sum(u.completion_tokens for _, u, _ in results))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -61,11 +77,13 @@ class LlmActivities:
             choices=[c for c, _, _ in results],
             usage=usage,
             timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), ttft_ms=(first_token[0] - started) * 1000 if first_token else None,
-                            total_ms=(time.time() - started) * 1000),
+                            total_ms=(time.time() - started) * 1000,
+                            engine_ms=(max(e for _, e in engine_spans) - min(s for s, _ in engine_spans)) * 1000 if engine_spans else None),
             endpoint=results[0][2],
         )
 
-    async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float]) -> tuple[LlmChoice, Usage, str]:
+    async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float],
+                      generated: list[Usage]) -> tuple[LlmChoice, Usage, str]:
         """One choice, on the first endpoint that works; fall back only before any output."""
 
         async def generate_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
@@ -73,22 +91,37 @@ class LlmActivities:
             text: list[str] = []
             finish_reason: str | None = None
             usage = Usage()
-            async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
-                if chunk.usage:
-                    usage = chunk.usage
-                finish_reason = chunk.finish_reason or finish_reason
-                if chunk.text:
-                    if not first_token:
-                        first_token.append(time.time())
-                    text.append(chunk.text)
-                    attempt.produced_output = True
-                    await publisher.token(choice, chunk.text, chunk.logprobs)
+            engine_started = time.time()
+            try:
+                async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
+                    if chunk.usage:
+                        usage = chunk.usage
+                    finish_reason = chunk.finish_reason or finish_reason
+                    if chunk.text:
+                        if not first_token:
+                            first_token.append(time.time())
+                        text.append(chunk.text)
+                        attempt.produced_output = True
+                        await publisher.token(choice, chunk.text, chunk.logprobs)
+            finally:  # counted however the stream ended (a chunk is a token when the engine does not say)
+                ENGINE_SPANS.get().append((engine_started, time.time()))
+                generated.append(Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens or len(text)))
             if not usage.completion_tokens:
                 usage.completion_tokens = len(text)
             return LlmChoice(index=choice, text="".join(text), finish_reason=finish_reason), usage
 
+        async def traced_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
+            """One endpoint attempt in a CLIENT span (traces on); the engine's request carries its traceparent."""
+            e = attempt.endpoint
+            with tracing.client_span(f"chat {entry.name}", e.url, {"gen_ai.operation.name": "chat", "gen_ai.request.model": entry.name,
+                                                                   "switchyard.engine": e.engine, "switchyard.engine_model": e.engine_model}) as span:
+                out, usage = await generate_on(attempt)
+                if span is not None:
+                    span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens})
+                return out, usage
+
         try:
-            (out, usage), endpoint = await first_endpoint_that_works(entry.name, entry.endpoints, generate_on, logger=activity.logger)
+            (out, usage), endpoint = await first_endpoint_that_works(entry.name, entry.endpoints, traced_on, logger=activity.logger, count_running=True)
         except EngineError as e:
             raise ApplicationError(str(e), type=e.kind, non_retryable=not e.retryable) from e
         except NoEndpointAnswered as e:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,10 +15,12 @@ import uvicorn
 import uvloop
 from temporalio.worker import Worker
 
+from switchyard.common import metrics_page, tracing
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import Catalog, CatalogError, CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.events import EventBus, make_redis
+from switchyard.common.gpu import GpuReadings, keep_reading
 from switchyard.common.http1 import Http1Client
 from switchyard.common.logs import setup_logging
 from switchyard.common.payload_codec import KeyRing, keys_or_exit
@@ -25,7 +28,7 @@ from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
 from switchyard.worker_vision.activities import VisionActivities
 from switchyard.worker_vision.backends import make_backends
-from switchyard.worker_vision.dataplane import VisionDataPlane
+from switchyard.worker_vision.counting import CountingVisionPlane
 from switchyard.worker_vision.preprocess import DaliPreprocessor
 from switchyard.worker_vision.settings import VisionSettings
 from switchyard.worker_vision.triton_shm import ShmPool
@@ -43,7 +46,7 @@ async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) 
     backends = make_backends(config.backends, settings.vision_model_dir, triton, triton_infer, shm)
     max_batch = max((m.max_batch_size for m in config.for_domain("vision")), default=32)
     preprocess = DaliPreprocessor(settings.vision_preprocess_device, max_batch=max_batch, threads=settings.vision_preprocess_threads)
-    plane = VisionDataPlane(config, backends, preprocess, settings.vision_model_dir)
+    plane = CountingVisionPlane(config, backends, preprocess, settings.vision_model_dir)
 
     def serve(new: Catalog) -> None:
         """A reloaded catalog: new backends are opened before its models are served."""
@@ -55,7 +58,9 @@ async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) 
 
     catalog.listeners.append(serve)
 
-    client = await connect(settings, keys)
+    metrics_page.serve(settings.metrics_port, settings.metrics_host)
+    gpus = asyncio.create_task(keep_reading(GpuReadings()))  # this host's GPUs (NVML), if any
+    client = await connect(settings, keys, metrics_host=settings.metrics_host, metrics_port=settings.temporal_metrics_port)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
     books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys)
@@ -81,6 +86,9 @@ async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) 
     async with worker:
         await stop.wait()
         log.info("shutting down: no new tasks, in-flight ones get the grace period")
+    gpus.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gpus
     http.should_exit = True
     await http_task
     await rpc.stop(grace=2)
@@ -101,4 +109,8 @@ if __name__ == "__main__":
         setup_logging(settings.log_level)
         catalog = CatalogHolder.load_or_exit("switchyard-worker-vision", settings, os.environ)
         keys = keys_or_exit("switchyard-worker-vision", settings)  # no key, no start: nothing goes to Temporal in clear
-        uvloop.run(main(settings, catalog, keys))
+        tracing.setup_tracing(settings, "switchyard-worker-vision")
+        try:
+            uvloop.run(main(settings, catalog, keys))
+        finally:
+            tracing.shutdown_tracing()

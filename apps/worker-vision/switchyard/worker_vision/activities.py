@@ -9,6 +9,7 @@ import numpy as np
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from switchyard.common import metrics
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.contracts import JobSpec, Prediction, Timings, VisionClassification, VisionInput
 from switchyard.common.temporal import heartbeating
@@ -41,6 +42,8 @@ class VisionActivities:
         inp = VisionInput.model_validate(await self.books.job_input(spec))
         images = inp.decoded()
         await self.books.start_attempt(spec.job_id)
+        if activity.info().attempt == 1:
+            metrics.observe_queue_time("vision", spec, started)
         # A retried attempt resumes after the chunks the previous one finished (heartbeat checkpoint).
         details = activity.info().heartbeat_details
         done: list[list[dict[str, Any]]] = list(details[0]) if details else []

@@ -18,6 +18,7 @@ import onnxruntime as ort
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from switchyard.common import tracing
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import Backend
 from switchyard.common.v2.errors import V2Error, error_message
@@ -54,6 +55,15 @@ class TritonBackend:
         return self._io
 
     async def _call(self, batch: np.ndarray[Any, Any], shm_offset: int | None) -> np.ndarray[Any, Any]:
+        if not tracing.enabled():
+            return await self._request(batch, shm_offset)
+        # One CLIENT span per request to Triton; Triton (with tracing on) continues its traceparent.
+        with tracing.client_span(f"infer {self.model}", f"http://{self._http.host}:{self._http.port}{self._path}",
+                                 {"switchyard.engine": "triton", "switchyard.backend": self.name, "switchyard.batch": int(batch.shape[0]),
+                                  "switchyard.shared_memory": shm_offset is not None}):
+            return await self._request(batch, shm_offset)
+
+    async def _request(self, batch: np.ndarray[Any, Any], shm_offset: int | None) -> np.ndarray[Any, Any]:
         in_name, out_name = await self._names()
         inp = triton_http.InferInput(in_name, list(batch.shape), np_to_triton_dtype(batch.dtype))
         if shm_offset is None:
@@ -65,6 +75,7 @@ class TritonBackend:
         headers = {"Content-Type": "application/octet-stream"}
         if json_size is not None:
             headers["Inference-Header-Content-Length"] = str(json_size)
+        tracing.inject(headers)
         r = await self._http.request("POST", self._path, body, headers)
         if r.status != 200:
             raise InferenceServerException(msg=error_message(r.body, r.body[:200].decode("utf-8", "replace")), status=str(r.status))
@@ -111,8 +122,10 @@ class OnnxRuntimeBackend:
         self._out = self._session.get_outputs()[0].name
 
     async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        # onnxruntime releases the GIL: run it beside the event loop.
-        (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
+        with tracing.internal_span(f"onnxruntime {self.name}", {"switchyard.engine": "onnxruntime", "switchyard.backend": self.name,
+                                                                "switchyard.batch": int(batch.shape[0])}):
+            # onnxruntime releases the GIL: run it beside the event loop.
+            (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
         return np.asarray(out)
 
     async def ready(self) -> bool:

@@ -34,3 +34,7 @@ class VisionSettings(CommonSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Images per durable-lane step (progress is published after each).
     vision_job_chunk: int = Field(default=8, ge=1, le=256)
+    # This process's /metrics page and its Temporal SDK's page (docs/metrics.md; 0 = off).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
+    temporal_metrics_port: int = Field(default=9113, ge=0, le=65535)

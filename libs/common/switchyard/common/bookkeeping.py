@@ -8,12 +8,14 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from switchyard.common import metrics
 from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.store import JobStore, engine_input
 from switchyard.common.events import EventBus
 from switchyard.common.payload_codec import KeyRing, sealed_result_context
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
+from switchyard.common.request_log import endpoint_of
 
 
 class JobBookkeeping:
@@ -74,8 +76,14 @@ class JobBookkeeping:
             await self.backlog.release(job.model, outcome.job_id)
         if not finished:
             return  # already ended (e.g. cancelled before it ran): its end was published then
+        if job is not None:
+            metrics.JOBS_FINISHED.labels(domain=job.domain, model=job.model, outcome=outcome.status.value).inc()
         if outcome.status is JobStatus.succeeded:
-            await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None})
+            # Timings, attempts and endpoint: for the request log of the API that relays the result (OpenAI).
+            await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None,
+                                                              "timings": outcome.timings.model_dump() if outcome.timings else None,
+                                                              "attempts": job.attempts if job is not None else None,
+                                                              "endpoint": endpoint_of(outcome.result, job.model_spec) if job is not None else None})
         payload: dict[str, object] = {"status": outcome.status.value}
         if outcome.error:
             payload["error"] = outcome.error.model_dump()

@@ -145,11 +145,14 @@ class Usage(BaseModel):
 
 
 class Timings(BaseModel):
-    """Milliseconds. queue: accepted → first attempt started; ttft: attempt start → first token."""
+    """Milliseconds. queue: accepted → first attempt started; ttft: attempt start → first token;
+    engine: time inside the engine's calls; overhead: total minus engine (the platform's share)."""
 
     queue_ms: float | None = None
     ttft_ms: float | None = None
     total_ms: float | None = None
+    engine_ms: float | None = None
+    overhead_ms: float | None = None
 
 
 class JobError(BaseModel):
@@ -173,6 +176,8 @@ class JobSpec(BaseModel):
     # The model as the catalog declared it at acceptance (Catalog.snapshot): a catalog reload
     # meanwhile does not change what an accepted job runs on. None: look it up (older jobs).
     model_spec: dict[str, Any] | None = None
+    # The X-Request-Id of the request that created the job: the worker sends it to the engine.
+    request_id: str | None = None
 
 
 class LlmChoice(BaseModel):

@@ -31,3 +31,9 @@ class CommonSettings(BaseSettings, CatalogSettings, PiiSettings):
     # readable (rotation). Required: every process refuses to start without a usable key.
     payload_keys: dict[str, SecretStr] = {}
     payload_key_id: str = ""
+    # Traces (switchyard.common.tracing): an OTLP/HTTP collector's base URL (e.g. http://127.0.0.1:4318);
+    # none = no traces, at no cost. The standard OTEL_EXPORTER_OTLP_ENDPOINT is read too; this one wins.
+    otlp_endpoint: str = ""
+    otel_exporter_otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # Share of new traces kept (a continued trace follows its caller's choice).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, HeaderCodecBehavior, Interceptor
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from switchyard.common import tracing
+from switchyard.common.metrics import QUEUE_BUCKETS
 from switchyard.common.payload_codec import KeyRing, data_converter
 from switchyard.common.settings import CommonSettings
 
@@ -30,11 +33,45 @@ WORKER_OPTIONS: dict[str, Any] = {
 }
 
 
-async def connect(settings: CommonSettings, keys: KeyRing | None = None) -> Client:
+# The SDK's default buckets start at 0.1 s: schedule-to-start (queue time) gets docs/metrics.md's
+# queue-time buckets instead (keys are the SDK's names without the ``temporal_`` prefix).
+SDK_BUCKET_OVERRIDES: dict[str, list[float]] = {
+    name: [float(b) for b in QUEUE_BUCKETS] for name in ("activity_schedule_to_start_latency", "workflow_task_schedule_to_start_latency")
+}
+
+# One Runtime per process (it owns the SDK's threads and its metrics exporter); made by the first connect().
+_runtime: Runtime | None = None
+
+
+def sdk_runtime(metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> Runtime:
+    """The process's Temporal Runtime: with ``metrics_port`` (not 0), the SDK's Prometheus page
+    (job ``temporal-sdk`` of docs/metrics.md) on metrics_host:metrics_port. Created once; later
+    calls return the same Runtime whatever they ask."""
+    global _runtime
+    if _runtime is None:
+        if metrics_port:
+            _runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+                bind_address=f"{metrics_host}:{metrics_port}", counters_total_suffix=True, durations_as_seconds=True,
+                histogram_bucket_overrides=SDK_BUCKET_OVERRIDES)))
+        else:
+            _runtime = Runtime.default()
+    return _runtime
+
+
+async def connect(settings: CommonSettings, keys: KeyRing | None = None, *, metrics_host: str = "127.0.0.1", metrics_port: int = 0,
+                  interceptors: Sequence[Interceptor] | None = None) -> Client:
     """A client whose every payload (and failure message) is encrypted with the process's keys
-    (``keys``, or the settings'); payload_codec.PayloadKeyError without a usable key."""
+    (``keys``, or the settings'); payload_codec.PayloadKeyError without a usable key. The first
+    connect of a process creates its Runtime (``sdk_runtime``: the SDK's metrics page on
+    ``metrics_port``, 0 = off). ``interceptors``: by default the tracing interceptor when the
+    process exports traces (switchyard.common.tracing); a Worker on this client inherits them.
+    Headers (the trace context the interceptor carries) go through the codec too: nothing reaches
+    the history in clear."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                data_converter=data_converter(keys or KeyRing.from_settings(settings)))
+                                data_converter=data_converter(keys or KeyRing.from_settings(settings)),
+                                header_codec_behavior=HeaderCodecBehavior.CODEC,
+                                runtime=sdk_runtime(metrics_host, metrics_port),
+                                interceptors=tracing.temporal_interceptors() if interceptors is None else interceptors)
 
 
 @contextlib.asynccontextmanager

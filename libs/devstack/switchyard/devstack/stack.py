@@ -23,7 +23,8 @@ from sqlalchemy.engine import make_url
 from switchyard.common.catalog import Catalog, CatalogSettings, build_catalog
 from switchyard.common.db.migrate import upgrade
 from switchyard.common.keys import DEFAULT_SCOPES
-from switchyard.devstack import keys, models
+from switchyard.common.tracing import traces_url
+from switchyard.devstack import keys, models, prometheus
 from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
 
@@ -63,6 +64,22 @@ class StackConfig:
     vision_grpc_port: int = 8111
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
+    # Each process's own metrics page and its Temporal SDK's page (docs/metrics.md's defaults; 0 =
+    # off). API process i's SDK page is on api_temporal_metrics_port + i.
+    api_metrics_port: int = 9101
+    worker_llm_metrics_port: int = 9102
+    worker_vision_metrics_port: int = 9103
+    api_temporal_metrics_port: int = 9111
+    worker_llm_temporal_metrics_port: int = 9112
+    worker_vision_temporal_metrics_port: int = 9113
+    # The Temporal dev server's own metrics (0: a free port).
+    temporal_server_metrics_port: int = 0
+    # API processes (SWITCHYARD_API_WORKERS).
+    api_workers: int = 1
+    # Prometheus (the Debian package) scraping this stack with infra/prometheus's configuration:
+    # None: when installed (a missing binary or a busy port is a note, not a failure).
+    prometheus: bool | None = None
+    prometheus_port: int = 9090
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard"
     redis_url: str = "redis://127.0.0.1:6379/0"
     max_body_bytes: int = 10 * 1024 * 1024
@@ -79,14 +96,19 @@ class StackConfig:
     api_env: dict[str, str] = field(default_factory=dict)
     # Catalog overlay files applied on top of infra/catalog/models.yaml (tests add models this way).
     catalog_overlays: list[Path] = field(default_factory=list)
+    # An OTLP/HTTP collector's base URL (e.g. http://127.0.0.1:4318): every Switchyard process, vLLM
+    # and Triton export their traces there (docs/observability.md, Traces). Empty: no traces.
+    otlp_endpoint: str = ""
 
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
         """Free ports everywhere (tests; runs beside a developer's stack)."""
         ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "vllm_port", "temporal_port", "temporal_ui_port",
                                           "grpc_port", "api_grpc_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
-                                          "vision_http_port", "vision_grpc_port")}
-        return cls(state_dir=state_dir, ui=False, **{**ports, **kw})  # type: ignore[arg-type]
+                                          "vision_http_port", "vision_grpc_port", "api_metrics_port", "worker_llm_metrics_port",
+                                          "worker_vision_metrics_port", "api_temporal_metrics_port", "worker_llm_temporal_metrics_port",
+                                          "worker_vision_temporal_metrics_port", "temporal_server_metrics_port", "prometheus_port")}
+        return cls(state_dir=state_dir, ui=False, prometheus=False, **{**ports, **kw})  # type: ignore[arg-type]
 
 
 def vllm_dirs() -> tuple[Path, Path]:
@@ -234,7 +256,14 @@ class Stack:
             "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
             **self.payload_env,
             **self.catalog_env(),
+            **self._trace_env(),
         }
+
+    def _trace_env(self) -> dict[str, str]:
+        """Traces on: the endpoint, and spans exported within half a second (the SDK's default is 5 s)."""
+        if not self.cfg.otlp_endpoint:
+            return {}
+        return {"SWITCHYARD_OTLP_ENDPOINT": self.cfg.otlp_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "500"}
 
     def _log(self, name: str) -> Path:
         return self.cfg.state_dir / "logs" / f"{name}.log"
@@ -280,7 +309,7 @@ class Stack:
     def _define(self) -> None:
         c, py = self.cfg, sys.executable
         temporal = [find_temporal(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(c.temporal_port),
-                    "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--db-filename", str(c.state_dir / "temporal.sqlite"),
+                    "--http-port", str(free_port()), "--metrics-port", str(c.temporal_server_metrics_port), "--db-filename", str(c.state_dir / "temporal.sqlite"),
                     "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal", "--log-level", "warn",
                     "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
                     "--dynamic-config-value", 'history.timerProcessorMaxTimeShift="50ms"',
@@ -305,15 +334,20 @@ class Stack:
             env_vllm = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
             env_vllm.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0", VLLM_NO_USAGE_STATS="1",
                             VLLM_CACHE_ROOT=str(c.state_dir / "vllm-cache"))
+            # vLLM's own tracing continues the worker's traceparent (span "llm_request"); OTLP/HTTP as ours.
+            trace_vllm = ["--otlp-traces-endpoint", traces_url(c.otlp_endpoint)] if c.otlp_endpoint else []
+            if c.otlp_endpoint:
+                env_vllm.update(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf", OTEL_SERVICE_NAME="vllm", OTEL_BSP_SCHEDULE_DELAY="500")
             self.procs["vllm"] = Proc("vllm", [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                                                "--served-model-name", LLM_MODEL, "--host", "127.0.0.1", "--port", str(c.vllm_port),
                                                "--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager",
-                                               "--scheduling-policy", "priority"],
+                                               "--scheduling-policy", "priority", *trace_vllm],
                                       env_vllm, self._log("vllm"), http_ready(f"http://127.0.0.1:{c.vllm_port}/health"), ready_timeout_s=300)
         self.procs["sglang-fake"] = Proc("sglang-fake", [py, "-m", "switchyard.devstack.fake_sglang", "--port", str(c.sglang_port), "--model-name", SGLANG_MODEL,
                                                          "--backend-url", f"http://127.0.0.1:{c.engine_port}", "--enable-priority-scheduling"],
                                          env, self._log("sglang-fake"), http_ready(f"http://127.0.0.1:{c.sglang_port}/health"))
-        worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency)},
+        worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency),
+                                                                         **self._metrics_env(c.worker_llm_metrics_port, c.worker_llm_temporal_metrics_port)},
                       self._log("worker-llm"), lambda: False)
         worker.ready = worker.log_contains("worker started")
         self.procs["worker-llm"] = worker
@@ -322,20 +356,68 @@ class Stack:
             env_triton = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
             env_triton.update(SWITCHYARD_TRITON_HTTP_PORT=str(c.triton_http_port), SWITCHYARD_TRITON_GRPC_PORT=str(c.triton_grpc_port),
                               SWITCHYARD_TRITON_METRICS_PORT=str(c.triton_metrics_port), SWITCHYARD_CACHE_DIR=str(models.cache_dir()))
-            self.procs["triton"] = Proc("triton", [str(find_repo_file("infra/triton/run-tritonserver.sh"))], env_triton, self._log("triton"),
+            # Triton's OpenTelemetry mode continues the worker's traceparent (OTLP/HTTP as ours).
+            trace_triton = [f"--trace-config={x}" for x in ("mode=opentelemetry", "level=TIMESTAMPS", "rate=1", "count=-1",
+                                                             f"opentelemetry,url={traces_url(c.otlp_endpoint)}",
+                                                             "opentelemetry,resource=service.name=triton", "opentelemetry,bsp_schedule_delay=500")] \
+                if c.otlp_endpoint else []
+            self.procs["triton"] = Proc("triton", [str(find_repo_file("infra/triton/run-tritonserver.sh")), *trace_triton], env_triton, self._log("triton"),
                                         http_ready(f"http://127.0.0.1:{c.triton_http_port}/v2/health/ready"), ready_timeout_s=120)
             self.procs["worker-vision"] = Proc("worker-vision", [py, "-m", "switchyard.worker_vision"],
                                                {**env, "SWITCHYARD_TRITON_URL": f"127.0.0.1:{c.triton_http_port}",
                                                 "SWITCHYARD_VISION_MODEL_DIR": str(models.cache_dir() / "vision" / "models"),
-                                                "SWITCHYARD_VISION_HTTP_PORT": str(c.vision_http_port), "SWITCHYARD_VISION_GRPC_PORT": str(c.vision_grpc_port)},
+                                                "SWITCHYARD_VISION_HTTP_PORT": str(c.vision_http_port), "SWITCHYARD_VISION_GRPC_PORT": str(c.vision_grpc_port),
+                                                **self._metrics_env(c.worker_vision_metrics_port, c.worker_vision_temporal_metrics_port)},
                                                self._log("worker-vision"), http_ready(f"http://127.0.0.1:{c.vision_http_port}/v2/health/ready"), ready_timeout_s=120)
             v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}"}
         api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
-                   "SWITCHYARD_KEY_PEPPER": self.pepper}
+                   "SWITCHYARD_KEY_PEPPER": self.pepper, "SWITCHYARD_API_WORKERS": str(c.api_workers),
+                   **self._metrics_env(c.api_metrics_port, c.api_temporal_metrics_port)}
         self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, **api_env, **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
+        self._define_prometheus()
+
+    @staticmethod
+    def _metrics_env(port: int, temporal_port: int) -> dict[str, str]:
+        return {"SWITCHYARD_METRICS_PORT": str(port), "SWITCHYARD_TEMPORAL_METRICS_PORT": str(temporal_port)}
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """Where the scrape targets (``targets/``) and the rendered Prometheus config live."""
+        return self.cfg.state_dir / "prometheus"
+
+    def scrape_targets(self) -> dict[str, list[dict[str, object]]]:
+        """file_sd target groups per scrape job of infra/prometheus/prometheus.yml, for this stack's processes."""
+        c, local = self.cfg, "127.0.0.1:{}".format
+        catalog = self.catalog()
+        services = [("api", c.api_metrics_port, [c.api_temporal_metrics_port + i for i in range(c.api_workers)] if c.api_temporal_metrics_port else []),
+                    ("worker-llm", c.worker_llm_metrics_port, [c.worker_llm_temporal_metrics_port] if c.worker_llm_temporal_metrics_port else [])]
+        if c.vision:
+            services.append(("worker-vision", c.worker_vision_metrics_port, [c.worker_vision_temporal_metrics_port] if c.worker_vision_temporal_metrics_port else []))
+        groups: dict[str, list[dict[str, object]]] = {name: [prometheus.target(local(port), service=name)] if port else [] for name, port, _ in services}
+        groups["temporal-sdk"] = [prometheus.target(local(p), service=name) for name, _, sdk in services for p in sdk]
+        engines = [c.engine_port, c.gemma_port, c.sglang_port] + ([c.vllm_port] if c.vllm else [])
+        groups["engines"] = [prometheus.target(local(p), **prometheus.engine_labels(catalog, f"http://127.0.0.1:{p}")) for p in engines]
+        groups["triton"] = [prometheus.target(local(c.triton_metrics_port))] if c.vision else []
+        groups["temporal-server"] = [prometheus.target(local(c.temporal_server_metrics_port))]
+        return groups
+
+    def _define_prometheus(self) -> None:
+        c = self.cfg
+        prometheus.write_targets(self.prometheus_dir / "targets", self.scrape_targets())
+        if c.prometheus is False:
+            return
+        binary = prometheus.find_prometheus()
+        if binary is None:
+            self.notes.append(f"Prometheus not started: not installed ({prometheus.SETUP_HINT}); scrape targets in {self.prometheus_dir / 'targets'}")
+            return
+        if not prometheus.port_free(c.prometheus_port):
+            c.prometheus_port = free_port()
+            self.notes.append(f"Prometheus: the default port was busy; it runs on 127.0.0.1:{c.prometheus_port}")
+        config = prometheus.render_config(self.prometheus_dir, find_repo_file("infra/prometheus/prometheus.yml"))
+        self.procs["prometheus"] = prometheus.prometheus_proc(binary, config, c.prometheus_port, self._log("prometheus"))
 
     def start(self) -> None:
         c = self.cfg
@@ -350,6 +432,8 @@ class Stack:
                 self.procs[name].wait_ready()
         if c.vllm is None:
             c.vllm = all(p.exists() for p in vllm_dirs())
+        if c.temporal_server_metrics_port == 0:
+            c.temporal_server_metrics_port = free_port()
         if c.vision is None:
             c.vision = vision_installed()
         elif c.vision and not vision_installed():
@@ -363,7 +447,7 @@ class Stack:
         self._define()
         try:
             # vLLM takes ~30 s to load: it starts first and is waited for last.
-            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "api"), ("nginx",), ("vllm",)]
+            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "api"), ("nginx", "prometheus"), ("vllm",)]
             started: set[str] = set()
             for wave in waves:
                 for name in wave:
@@ -422,6 +506,10 @@ class Stack:
             ("vision worker (V2)", f"http://127.0.0.1:{c.vision_http_port}  gRPC 127.0.0.1:{c.vision_grpc_port}" if c.vision else "-"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
+            ("Prometheus", f"http://127.0.0.1:{c.prometheus_port}  (targets: {self.prometheus_dir / 'targets'})" if "prometheus" in self.procs
+             else f"not started (scrape targets: {self.prometheus_dir / 'targets'})"),
+            ("metrics pages", f"API :{c.api_metrics_port}, worker-llm :{c.worker_llm_metrics_port}, worker-vision :{c.worker_vision_metrics_port}; "
+                              f"Temporal SDK :{c.api_temporal_metrics_port}, :{c.worker_llm_temporal_metrics_port}, :{c.worker_vision_temporal_metrics_port}"),
             ("logs", str(c.state_dir / "logs")),
             ("dev key (all scopes)", f"{self._dev_key}  (in {c.state_dir / keys.DEV_KEY_FILE})" if self._dev_key else "-"),
             ("payload encryption key", f"id {self.payload_env['SWITCHYARD_PAYLOAD_KEY_ID']}  (in {c.state_dir / keys.PAYLOAD_KEYS_FILE})"

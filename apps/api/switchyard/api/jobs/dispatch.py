@@ -23,6 +23,7 @@ from temporalio.common import Priority, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from switchyard.common import tracing
 from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore, engine_input
@@ -33,6 +34,10 @@ from switchyard.common.quotas import Backlog, Quotas
 
 log = logging.getLogger("switchyard.api.dispatch")
 
+
+# Trace contexts of jobs whose immediate dispatch failed, kept for the sweeper's retry (in memory:
+# a job swept by another process, or after a restart, starts a trace of its own).
+MAX_CARRIED_TRACES = 10_000
 
 # Inputs larger than this stay in the job's row (claim check): Temporal refuses payloads over ~2 MB
 # and keeps every payload in the workflow's history.
@@ -45,7 +50,8 @@ def spec_of(job: Job, keys: KeyRing) -> JobSpec:
     engine = engine_input(job, keys)
     inline = len(json.dumps(engine, separators=(",", ":"))) <= INLINE_INPUT_MAX_BYTES
     return JobSpec(job_id=str(job.id), domain=job.domain, model=job.model, input=engine if inline else None, priority_key=job.priority,
-                   accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000, model_spec=job.model_spec)
+                   accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000, model_spec=job.model_spec,
+                   request_id=job.request_id)
 
 
 class Dispatcher:
@@ -59,8 +65,12 @@ class Dispatcher:
         self.quotas = Quotas(bus.redis)  # a job that fails here gives its token reservation back
         self._inflight: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._traces: dict[str, tracing.TraceContext] = {}
 
     def dispatch_soon(self, job: Job) -> None:
+        # The dispatch task copies the request's context: the workflow start (Temporal's tracing
+        # interceptor) joins the request's trace, though it may run after the 202.
+        tracing.annotate(**{"switchyard.job_id": str(job.id), "switchyard.model": job.model, "switchyard.domain": job.domain})
         self.background(self.dispatch(job))
 
     def background(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -91,6 +101,7 @@ class Dispatcher:
         except RPCError as e:
             if e.status != RPCStatusCode.INVALID_ARGUMENT:
                 log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+                self._carry_trace(job_id)
                 return False
             # Retrying cannot help (e.g. a payload over Temporal's limits): end the job, visibly.
             log.error("dispatch rejected; the job fails", extra={"fields": {"job_id": job_id, "error": repr(e)}})
@@ -102,9 +113,17 @@ class Dispatcher:
             await self._fail(job, JobError(type="SealedInputUnreadable", message=str(e)))
         except (RedisError, OSError) as e:
             log.warning("dispatch failed; the sweeper retries", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+            self._carry_trace(job_id)
             return False
         await self.store.mark_dispatched(job.id)
         return True
+
+    def _carry_trace(self, job_id: str) -> None:
+        ctx = tracing.current_context()
+        if ctx is not None:
+            self._traces[job_id] = ctx
+            if len(self._traces) > MAX_CARRIED_TRACES:
+                del self._traces[next(iter(self._traces))]  # the oldest
 
     async def _fail(self, job: Job, error: JobError) -> None:
         job_id = str(job.id)
@@ -117,7 +136,9 @@ class Dispatcher:
     async def sweep_once(self) -> int:
         jobs = await self.store.undispatched(self.grace_s, limit=200)
         for job in jobs:
-            if not await self.dispatch(job):
+            with tracing.resumed(self._traces.pop(str(job.id), None)):
+                ok = await self.dispatch(job)
+            if not ok:
                 break  # the orchestrator is down: try again next round
         return len(jobs)
 

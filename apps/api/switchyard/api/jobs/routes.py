@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 
+from switchyard.api import request_log
 from switchyard.api.auth import Caller, require
 from switchyard.api.deps import Res
 from switchyard.api.errors import ApiError
@@ -18,10 +19,11 @@ from switchyard.api.jobs.service import accept_job, cancel_job, find_model, head
 from switchyard.api.jobs.views import JobAccepted, JobPage, JobView
 from switchyard.api.limits import admit_job, llm_cost
 from switchyard.api.privacy import screen_llm_input, stored_metadata
-from switchyard.common.contracts import JobCreate, JobStatus, LlmInput
+from switchyard.common.contracts import JobCreate, JobStatus, LlmInput, VisionInput
 from switchyard.common.db.models import Job
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import capped_priority
+from switchyard.common.request_log import PARAM_KEYS, safe_params
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require("jobs"))])
 
@@ -57,6 +59,11 @@ async def submit_job(
         raise
     if not created:  # the replayed job holds its own place and reservation
         await admission.undo()
+    rec = request_log.current()
+    rec.outcome = "accepted" if created else "replayed"
+    rec.params = safe_params(job.input.model_dump(include=set(PARAM_KEYS) | {"stop"}))
+    if isinstance(job.input, VisionInput):
+        rec.items = len(job.input.images)
     links = JobView.of(row, res.payload_keys, caller).links
     response.headers["Location"] = links.self
     if not created:
@@ -68,7 +75,10 @@ async def submit_job(
 
 @router.get("/{job_id}", response_model=JobView)
 async def get_job(res: Res, caller: Caller, job_id: str) -> JobView:
-    return JobView.of(await load_job(res, job_id, caller), res.payload_keys, caller)
+    job = await load_job(res, job_id, caller)
+    request_log.current().job_id = str(job.id)  # in the log line; a lookup owns no job (its row has none)
+    request_log.current().owns_job = False
+    return JobView.of(job, res.payload_keys, caller)
 
 
 def _encode_cursor(job: Job) -> str:

@@ -15,11 +15,13 @@ from typing import Any
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from switchyard.api import request_log
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.common.contracts import JobOutcome, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.keys import Principal
+from switchyard.common.metrics import model_label
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.payload_codec import sealed_input_context
 from switchyard.common.priority import PriorityValue
@@ -47,6 +49,7 @@ def header_priority(value: str | None) -> PriorityValue | None:
 def find_model(res: Resources, name: str, domain: str, kind: str | None = None) -> ModelEntry | V2Model:
     """The catalog's model for new work of this domain (and kind), or 404."""
     m = res.catalog.current.model(name)
+    request_log.current().model = model_label(name, m is not None)  # a name the catalog lacks is "unknown" (client text)
     if m is None or m.domain != domain or (kind is not None and m.kind != kind):
         what = f"{kind} model" if kind else f"model for domain {domain!r}"
         raise ApiError(404, "model_not_found", f"The model {name!r} does not exist or is not a {what}", param="model")
@@ -78,10 +81,13 @@ async def admit(res: Resources, model: str, job_id: uuid.UUID) -> None:
 
 async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
                      idempotency_key: str | None = None, stored_input: dict[str, Any] | None = None,
-                     job_id: uuid.UUID | None = None) -> tuple[Job, bool]:
+                     job_id: uuid.UUID | None = None, request_family: str = "jobs") -> tuple[Job, bool]:
     """Commit the job row (the caller's tenant's) and hand it to the outbox; returns (job, created).
     ``input`` is what the engine gets; ``stored_input`` (PII redacted) is what the row keeps readable
-    (default: ``input``). An idempotency key is the tenant's own: another tenant's same key is another job."""
+    (default: ``input``). An idempotency key is the tenant's own: another tenant's same key is another job.
+    The request's record (switchyard.api.request_log) gets the job; the row, the request's id and
+    family (``jobs`` or ``openai``), which the worker carries to the engine."""
+    rec = request_log.current()
     body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
     # Keyed (the server's pepper): a plain hash of the raw input would let a guess of it be confirmed.
     request_hash = hmac.new(res.settings.key_pepper.get_secret_value().encode(), json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
@@ -89,10 +95,12 @@ async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, in
     row, created = await res.store.create(
         {"id": row_id, "tenant": tenant, "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
          "input": input if stored_input is None else stored_input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash,
+         "request_id": rec.request_id or None, "request_family": request_family,
          # The engine's input, encrypted, where the readable copy is not it (PII passed to the engine
          # under the `pass` policy): what the outbox and the claim check hand the engine then.
          "input_sealed": None if stored_input is None or stored_input == input else res.payload_keys.seal(input, sealed_input_context(row_id))}
     )
+    rec.job_id, rec.owns_job, rec.priority = str(row.id), created, row.priority
     if created:
         res.dispatcher.dispatch_soon(row)
     elif row.request_hash != request_hash:

@@ -37,6 +37,8 @@ class JobView(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # The X-Request-Id of the request that created the job (carried to the worker and engine).
+    request_id: str | None = None
     # Set once retention or DELETE ?purge=true erased the job's content (input, result, metadata
     # values, error message, events, Temporal history); what is left is its accounting.
     purged_at: dt.datetime | None = None
@@ -58,10 +60,21 @@ class JobView(BaseModel):
             attempts=job.attempts, metadata=job.metadata_ or {}, result=result,
             error=JobError.model_validate(job.error) if job.error else None,
             usage=Usage.model_validate(job.usage) if job.usage else None,
-            timings=Timings.model_validate(job.timings) if job.timings else None,
+            timings=_timings(job.timings),
+            request_id=job.request_id,
             created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, purged_at=job.purged_at,
             links=JobLinks(self=base, events=f"{base}/events", ws=f"{base}/ws"),
         )
+
+
+def _timings(stored: dict[str, Any] | None) -> Timings | None:
+    """The job's timings, with the platform's overhead (total minus engine) where both are known."""
+    if not stored:
+        return None
+    t = Timings.model_validate(stored)
+    if t.overhead_ms is None and t.total_ms is not None and t.engine_ms is not None:
+        t.overhead_ms = max(0.0, t.total_ms - t.engine_ms)
+    return t
 
 
 class JobAccepted(BaseModel):

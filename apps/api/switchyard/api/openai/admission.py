@@ -88,7 +88,7 @@ async def start_completion(res: Resources, caller: Principal, entry: ModelEntry,
     admission = await admit_job(res, caller, conn, entry.name, llm_cost(inp))
     try:
         row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=screened.engine, stored_input=screened.stored,
-                                  priority=prio, metadata=metadata, job_id=admission.job_id)
+                                  priority=prio, metadata=metadata, job_id=admission.job_id, request_family="openai")
     except BaseException:
         await admission.undo()
         raise

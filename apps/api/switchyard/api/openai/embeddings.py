@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 
+from switchyard.api import request_log
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.api.openai.admission import find_llm_model
 from switchyard.api.openai.protocol import EmbeddingRequest
 from switchyard.api.openai.responses import Embedding, EmbeddingList, EmbeddingUsage
 from switchyard.api.privacy import screen_embedding_input
+from switchyard.common import metrics
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.factory import engine_for
 from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
+from switchyard.common.metrics import endpoint_label
 
 
 async def embed(res: Resources, body: EmbeddingRequest) -> EmbeddingList:
@@ -24,12 +28,17 @@ async def embed(res: Resources, body: EmbeddingRequest) -> EmbeddingList:
     async def on(attempt: Attempt) -> tuple[list[list[float]], int]:
         return await engine_for(attempt.endpoint, res.http).embed(texts)
 
+    started = time.perf_counter()
     try:
-        (vectors, tokens), _ = await first_endpoint_that_works(entry.name, entry.endpoints, on)
+        (vectors, tokens), endpoint = await first_endpoint_that_works(entry.name, entry.endpoints, on)
     except EngineError as e:  # the input itself was refused: another endpoint would refuse it too
         raise ApiError(400, "invalid_input", e.message, param="input") from e
     except NoEndpointAnswered as e:
         raise ApiError(503, "engine_unavailable", f"no endpoint of {entry.name} answered: {e.last}", headers={"Retry-After": "1"}) from e
+    rec = request_log.current()  # the request log: tokens, the endpoint that answered, the engine's time
+    rec.prompt_tokens, rec.engine_ms = tokens, (time.perf_counter() - started) * 1000
+    rec.endpoint = endpoint_label(endpoint.engine, entry.endpoints.index(endpoint))
+    metrics.count_tokens(entry.name, tokens, 0)  # switchyard_tokens_total{kind="prompt"}
 
     def encode(v: list[float]) -> list[float] | str:
         return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if body.encoding_format == "base64" else v

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from switchyard.api import request_log
 from switchyard.api.deps import Resources
 from switchyard.api.errors import error_body
 from switchyard.api.jobs.event_streaming import job_events
@@ -37,6 +38,7 @@ from switchyard.common.contracts import JobEvent, JobStatus, Usage
 from switchyard.common.db.models import Job
 from switchyard.common.events import TokenLedger
 from switchyard.common.quotas import Lease
+from switchyard.common.request_log import RequestRecord
 
 JOB_HEADER = "X-Switchyard-Job-Id"
 # Errors of a failed job → the HTTP status a client gets.
@@ -79,6 +81,8 @@ class Reply:
     include_usage: bool
     # A streamed reply's slot among the key's concurrent streams (switchyard.api.limits.open_stream).
     lease: Lease | None = None
+    # The request's record (switchyard.api.request_log): what the client was sent, and the job's times.
+    record: RequestRecord = field(default_factory=request_log.current)
 
     @property
     def object_id(self) -> str:
@@ -109,6 +113,8 @@ class Collected:
     result: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # The result event whole: usage, and the job's timings, attempts and endpoint (bookkeeping).
+    ended: dict[str, Any] = field(default_factory=dict)
 
 
 async def collect(reply: Reply) -> Collected:
@@ -118,10 +124,24 @@ async def collect(reply: Reply) -> Collected:
             continue
         out.tokens.apply(event)
         if event.type == "result":
-            out.result, out.usage = event.data["result"], event.data.get("usage")
+            out.result, out.usage, out.ended = event.data["result"], event.data.get("usage"), event.data
         elif is_end(event):
             out.error = event.data
     return out
+
+
+def account(rec: RequestRecord, ended: dict[str, Any]) -> None:
+    """A completion's numbers on its record, from its job's result event: tokens (the engine's
+    count), queue and engine time, attempts, endpoint. The API measures TTFT itself."""
+    usage = ended.get("usage") or {}
+    timings = ended.get("timings") or {}
+    rec.prompt_tokens, rec.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    rec.queue_ms, rec.engine_ms = timings.get("queue_ms"), timings.get("engine_ms")
+    rec.attempts, rec.endpoint = ended.get("attempts"), ended.get("endpoint")
+
+
+def _ended_badly(rec: RequestRecord, data: dict[str, Any]) -> None:
+    rec.outcome = str(data.get("status") or "failed")
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -155,12 +175,16 @@ async def respond_json(reply: Reply, request: Request) -> JSONResponse:
     if not collector.done():
         collector.cancel()
         reply.cancel_in_background()
+        reply.record.outcome, reply.record.completion_tokens = "client_closed", 0  # sent nothing
         return JSONResponse(error_body(499, "client_closed_request", "client went away"), status_code=499, headers=reply.headers)
     gone.cancel()
     out = collector.result()
     if out.error is not None:
+        _ended_badly(reply.record, out.error)
         status, err = job_error(out.error)
         return JSONResponse(err, status_code=status, headers=reply.headers)
+    account(reply.record, out.ended)
+    reply.record.outcome = "succeeded"
     return JSONResponse(_whole(reply, out).model_dump(mode="json"), headers=reply.headers)
 
 
@@ -195,10 +219,12 @@ class _Chunks:
 def respond_stream(reply: Reply) -> StreamingResponse:
     """OpenAI's server-sent chunks, ending with ``[DONE]``; a client that leaves cancels the job."""
     chunks = _Chunks(reply)
+    rec = reply.record
 
     async def stream() -> AsyncIterator[str]:
         finished = False
         tokens = TokenLedger()  # after a reset, tokens the client already has are not sent again
+        rec.completion_tokens = 0  # tokens relayed: what a client that leaves early was sent
         try:
             if reply.kind == "chat":
                 yield chunks.roles()
@@ -208,8 +234,14 @@ def respond_stream(reply: Reply) -> StreamingResponse:
                 if event is None:
                     continue
                 if tokens.apply(event):
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = rec.elapsed_ms()  # arrival to the first token written
                     yield chunks.token(int(event.data.get("choice", 0)), event.data["text"], event.data.get("logprobs"))
+                    rec.completion_tokens += 1
                 elif event.type == "result":
+                    sent = rec.completion_tokens
+                    account(rec, event.data)
+                    rec.completion_tokens = rec.completion_tokens if rec.completion_tokens is not None else sent
                     finish = _finish_reasons(event.data["result"])
                     for c in range(reply.n):
                         yield chunks.finish(c, finish.get(c) or "stop")
@@ -217,11 +249,14 @@ def respond_stream(reply: Reply) -> StreamingResponse:
                         usage = event.data.get("usage")
                         yield chunks.line([], Usage.model_validate(usage) if usage is not None else None)
                 elif is_end(event):
+                    _ended_badly(rec, event.data)
                     yield f"data: {json.dumps(job_error(event.data)[1])}\n\n"
             finished = True
+            rec.outcome = rec.outcome or "succeeded"
             yield "data: [DONE]\n\n"
         finally:
             if not finished:  # the client went away mid-stream
+                rec.outcome = "client_closed"
                 reply.cancel_in_background()
             if reply.lease is not None:
                 reply.res.dispatcher.background(reply.lease.release())

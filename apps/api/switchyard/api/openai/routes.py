@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from switchyard.api import request_log
 from switchyard.api.auth import Caller, require
 from switchyard.api.deps import Res, Resources
 from switchyard.api.errors import ApiError
@@ -28,6 +29,7 @@ from switchyard.common.db.models import Job
 from switchyard.common.keys import Principal
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.quotas import Lease
+from switchyard.common.request_log import params_of
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require("openai"))])
 
@@ -43,6 +45,12 @@ async def get_model(res: Res, model_id: str) -> ModelCard:
     if card is None:
         raise ApiError(404, "model_not_found", f"The model {model_id!r} does not exist", param="model")
     return card
+
+
+def _record_completion(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """The request's record: a completion (TTFT is measured), its parameters (never its text)."""
+    rec = request_log.current()
+    rec.completion, rec.stream, rec.params = True, body.stream, params_of(body)
 
 
 async def _start(res: Resources, caller: Principal, request: Request, entry: ModelEntry, inp: LlmInput, x_priority: str | None,
@@ -62,6 +70,7 @@ async def chat_completions(
     res: Res, caller: Caller, request: Request, body: ChatCompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
+    _record_completion(body)
     inp = llm_input(lambda: body.llm_input(default_max_tokens=min(512, entry.context_length // 2)), entry, body.max_completion_tokens or body.max_tokens)
     job, lease = await _start(res, caller, request, entry, inp, x_priority, body.user, body.stream)
     return await respond(Reply(res, job, "chat", body.n, body.logprobs, body.include_usage, lease), request, body.stream)
@@ -72,6 +81,7 @@ async def completions(
     res: Res, caller: Caller, request: Request, body: CompletionRequest, x_priority: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse | JSONResponse:
     entry = find_llm_model(res, body.model, "chat")
+    _record_completion(body)
     inp = llm_input(body.llm_input, entry, body.max_tokens)
     job, lease = await _start(res, caller, request, entry, inp, x_priority, body.user, body.stream)
     return await respond(Reply(res, job, "text", body.n, body.logprobs is not None, body.include_usage, lease), request, body.stream)
@@ -81,4 +91,5 @@ async def completions(
 async def embeddings(res: Res, caller: Caller, request: Request, body: EmbeddingRequest) -> EmbeddingList:
     # Synchronous: the input's estimate is taken from the caller's tokens per minute, nothing to settle.
     await charge_tokens(res, caller, request, sum(text_tokens(t) for t in body.texts()))
+    request_log.current().params = params_of(body)
     return await embed(res, body)

@@ -22,10 +22,14 @@ from urllib.parse import quote
 from pydantic import ValidationError
 from starlette.types import Scope
 
+from switchyard.api import request_log
 from switchyard.api.settings import ApiSettings
+from switchyard.common import tracing
 from switchyard.common.breaker import Breaker, BreakerOpen
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.http1 import Http1Client
+from switchyard.common.metrics import UNKNOWN_MODEL
+from switchyard.common.request_log import ENGINE_MS_HEADER, ITEMS_HEADER, RequestRecord
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
 from switchyard.common.v2.asgi import PROTOBUF
 from switchyard.common.v2.config import V2Config, V2Model
@@ -127,22 +131,52 @@ class V2Gateway(DataPlane):
             raise V2Error(502, f"the {domain} worker answered statistics Switchyard cannot read") from None
 
     async def infer_rest(self, name: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        m = self.model(name, version)
+        m = self._recorded_model(name, version)
+        tracing.annotate(**{"switchyard.model": m.name})
         answer = await self.forward_http(m.domain, model_path(name, version) + "/infer", body, {k: headers[k] for k in PASS_HEADERS if k in headers})
         return answer.status, answer.body, answer.headers
 
     async def infer_grpc(self, request: bytes, timeout_s: float | None) -> bytes:
         req = parse_message(pb.ModelInferRequest, request)
-        return await self.forward_grpc(self.model(req.model_name, req.model_version or None), "ModelInfer", request, timeout_s)
+        m = self._recorded_model(req.model_name, req.model_version or None)
+        tracing.annotate(**{"switchyard.model": m.name})
+        return await self.forward_grpc(m, "ModelInfer", request, timeout_s)
+
+    def _recorded_model(self, name: str, version: str | None) -> V2Model:
+        """The model (or 404), noted on the request's record: its name, or "unknown" (never client text)."""
+        rec = request_log.current()
+        rec.model = UNKNOWN_MODEL
+        m = self.model(name, version)
+        rec.model = m.name
+        return m
 
     async def forward_http(self, domain: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float | None = None) -> Answer:
-        """POST (body) or GET (None) ``path`` on the domain's worker."""
+        """POST (body) or GET (None) ``path`` on the domain's worker; with traces on, in a CLIENT span
+        whose context the worker continues (``traceparent``)."""
         w = self.workers[domain]
         timeout_s = min(timeout_s or self.timeout_s, self.timeout_s)
+        if not tracing.enabled():
+            return await self._forward(w, path, body, headers, timeout_s)
+        method = "GET" if body is None else "POST"
+        with tracing.client_span(f"{method} {domain} worker", f"http://{w.http.host}:{w.http.port}{path}",
+                                 {"http.request.method": method, "switchyard.domain": domain}) as span:
+            assert span is not None
+            headers = dict(headers)
+            tracing.inject(headers)
+            answer = await self._forward(w, path, body, headers, timeout_s)
+            tracing.http_status(span, answer.status)
+            return answer
+
+    async def _forward(self, w: _Worker, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float) -> Answer:
+        rec = request_log.current_or_none()
+        if rec is not None:  # the worker's logs and spans can name the request
+            headers = {**headers, "x-request-id": rec.request_id}
         try:
             async with w.breaker.guard():
                 try:
                     r = await w.http.request("GET" if body is None else "POST", quote(path), body or b"", headers, timeout_s=timeout_s)
+                    if rec is not None:
+                        _note_compute(rec, r.headers)
                     answer = Answer(r.status, r.body, {k: v for k in PASS_HEADERS if (v := r.headers.get(k)) is not None})
                 except TimeoutError:
                     raise V2Error(504, f"the {w.domain} worker did not answer within {timeout_s:.0f}s") from None
@@ -163,6 +197,17 @@ class V2Gateway(DataPlane):
         if answer.status == 200:
             return answer.body
         raise V2Error(answer.status, error_message(answer.body, f"the {model.domain} worker answered HTTP {answer.status}"))
+
+
+def _note_compute(rec: RequestRecord, headers: dict[str, str]) -> None:
+    """The worker's report of the model's time and items (never passed on to the client)."""
+    try:
+        if (ms := headers.get(ENGINE_MS_HEADER)) is not None:
+            rec.engine_ms = float(ms)
+        if (items := headers.get(ITEMS_HEADER)) is not None:
+            rec.items = int(items)
+    except ValueError:
+        pass
 
 
 def gateway_of(scope: Scope) -> V2Gateway:

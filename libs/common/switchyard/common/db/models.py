@@ -52,6 +52,11 @@ class Job(Base):
     result_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     # When retention (or DELETE ?purge=true) erased the job's content (docs/security.md).
     purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The request that created the job (X-Request-Id, migration 0007): carried to the worker and
+    # the engine. ``request_family``: the route family that accepted it ("jobs" or "openai"); the
+    # end of a "jobs" job completes that request's row in ``requests``.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_family: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -61,6 +66,48 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         # The retention purger's work list: ended jobs not purged yet, oldest end first.
         Index("ix_jobs_purge_due", "finished_at", postgresql_where=purged_at.is_(None)),
+    )
+
+
+class RequestRow(Base):
+    """One row per API request (REQ-OPS-02), written off the request path by the API's background
+    writer (switchyard.api.request_log); a job's row is completed when the job ends
+    (``JobStore.finish``). Never any text of the request: parameters are numbers and switches."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    family: Mapped[str] = mapped_column(String(16))
+    route: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(16))
+    # The HTTP status code, or the gRPC code name (v2_grpc).
+    status: Mapped[str] = mapped_column(String(32))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    model: Mapped[str] = mapped_column(String(128), default="")
+    endpoint: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    items: Mapped[int | None] = mapped_column(Integer)
+    queue_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    engine_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float | None] = mapped_column(Float)
+    overhead_ms: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int | None] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    # The job this request created (one row per job: an idempotent replay's row has none).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_requests_created", "created_at"),
+        Index("ix_requests_tenant_created", "tenant", "created_at"),
+        Index("ux_requests_job", "job_id", unique=True, postgresql_where=job_id.isnot(None)),
     )
 
 

@@ -12,8 +12,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from switchyard.common.contracts import JobOutcome, JobStatus
-from switchyard.common.db.models import Job
+from switchyard.common.db.models import Job, RequestRow
 from switchyard.common.payload_codec import KeyRing, sealed_input_context
+from switchyard.common.request_log import endpoint_of, items_of
 
 _NOT_TERMINAL = [s.value for s in JobStatus if not s.terminal]
 
@@ -96,10 +97,13 @@ class JobStore:
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.queued.value, Job.dispatched_at.is_(None))
             .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now(), input_sealed=None)
+            .returning(*_REQUEST_OF_JOB)
         )
         async with self.sessions.begin() as s:
-            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
-            return result.rowcount > 0
+            job = (await s.execute(stmt)).one_or_none()
+            if job is not None and (complete := _complete_request(job, JobOutcome(job_id=str(job_id), status=JobStatus.cancelled))) is not None:
+                await s.execute(complete)
+            return job is not None
 
     async def mark_running(self, job_id: str, attempt: int) -> bool:
         """queued/running → running with the attempt number; False if the job already ended."""
@@ -129,10 +133,14 @@ class JobStore:
                 finished_at=func.now(),
                 updated_at=func.now(),
             )
+            .returning(*_REQUEST_OF_JOB)
         )
         async with self.sessions.begin() as s:
-            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
-            return result.rowcount > 0
+            job = (await s.execute(stmt)).one_or_none()
+            # The job's request row, in the same transaction: GET /v1/jobs and /v1/usage agree.
+            if job is not None and (complete := _complete_request(job, outcome)) is not None:
+                await s.execute(complete)
+            return job is not None
 
     async def erase(self, job_id: uuid.UUID) -> bool:
         """Erase an ended job's content now (DELETE ?purge=true); False if it has not ended."""
@@ -157,6 +165,76 @@ class JobStore:
                 await erase_elsewhere(ids)
                 await s.execute(update(Job).where(Job.id.in_(ids)).values(**_ERASED))
         return ids
+
+
+# What the end of a job needs to complete its request's row.
+_REQUEST_OF_JOB = (Job.id, Job.tenant, Job.model, Job.priority, Job.attempts, Job.request_id, Job.request_family, Job.created_at, Job.model_spec)
+
+# Columns of a request row the API's writer owns; the rest, for a job, the job's end owns.
+API_COLUMNS = ("request_id", "route", "method", "status", "key_id", "params", "created_at")
+JOB_COLUMNS = ("prompt_tokens", "completion_tokens", "items", "queue_ms", "ttft_ms", "engine_ms", "total_ms", "overhead_ms", "attempts",
+               "outcome", "endpoint", "finished_at")
+
+
+def _complete_request(job: Any, outcome: JobOutcome) -> Any | None:
+    """The statement that completes the request row of a job submitted through ``/v1/jobs`` with
+    how it ended: an upsert on ``job_id``, since the API's writer may not have inserted it yet
+    (its insert then keeps these columns; see ``RequestStore.insert``). A job of an OpenAI
+    completion is accounted by the API (tokens sent to the client): None, nothing to do."""
+    if job.request_family != "jobs":
+        return None
+    t = outcome.timings
+    values: dict[str, Any] = {
+        "job_id": job.id, "request_id": job.request_id or "", "family": "jobs", "route": "/v1/jobs", "method": "POST", "status": "202",
+        "tenant": job.tenant, "model": job.model, "priority": job.priority, "created_at": job.created_at, "params": {},
+        "prompt_tokens": outcome.usage.prompt_tokens if outcome.usage else None,
+        "completion_tokens": outcome.usage.completion_tokens if outcome.usage else None,
+        "items": items_of(outcome.result), "queue_ms": t.queue_ms if t else None, "ttft_ms": t.ttft_ms if t else None,
+        "engine_ms": t.engine_ms if t else None, "total_ms": t.total_ms if t else None,
+        "overhead_ms": max(0.0, t.total_ms - t.engine_ms) if t and t.total_ms is not None and t.engine_ms is not None else None,
+        "attempts": job.attempts, "outcome": outcome.status.value, "endpoint": endpoint_of(outcome.result, job.model_spec), "finished_at": func.now(),
+    }
+    stmt = insert(RequestRow).values(**values)
+    return stmt.on_conflict_do_update(index_elements=[RequestRow.job_id], index_where=RequestRow.job_id.isnot(None),
+                                      set_={c: stmt.excluded[c] for c in JOB_COLUMNS}, where=RequestRow.family == "jobs")
+
+
+class RequestStore:
+    """The ``requests`` table: the API's batched inserts and the usage it reports."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def insert(self, rows: list[dict[str, Any]]) -> None:
+        """One statement for a batch. A job's row the job's end already wrote (a fast job) keeps
+        what the end recorded; the API's columns are filled in."""
+        if not rows:
+            return
+        stmt = insert(RequestRow).values(rows)
+        stmt = stmt.on_conflict_do_update(index_elements=[RequestRow.job_id], index_where=RequestRow.job_id.isnot(None),
+                                          set_={c: stmt.excluded[c] for c in API_COLUMNS})
+        async with self.sessions.begin() as s:
+            await s.execute(stmt)
+
+    async def usage(self, start: dt.datetime, end: dt.datetime, tenant: str | None, model: str | None) -> list[Any]:
+        """Per tenant and model over [start, end): requests, prompt/completion tokens, items (rows
+        with a model only: lookups and key admin have none)."""
+        q = (select(RequestRow.tenant, RequestRow.model, func.count().label("requests"),
+                    func.coalesce(func.sum(RequestRow.prompt_tokens), 0).label("prompt_tokens"),
+                    func.coalesce(func.sum(RequestRow.completion_tokens), 0).label("completion_tokens"),
+                    func.coalesce(func.sum(RequestRow.items), 0).label("items"))
+             .where(RequestRow.created_at >= start, RequestRow.created_at < end, RequestRow.model != "", RequestRow.tenant.isnot(None))
+             .group_by(RequestRow.tenant, RequestRow.model).order_by(RequestRow.tenant, RequestRow.model))
+        if tenant is not None:
+            q = q.where(RequestRow.tenant == tenant)
+        if model is not None:
+            q = q.where(RequestRow.model == model)
+        async with self.sessions() as s:
+            return list((await s.execute(q)).all())
+
+    async def of_job(self, job_id: uuid.UUID) -> RequestRow | None:
+        async with self.sessions() as s:
+            return (await s.execute(select(RequestRow).where(RequestRow.job_id == job_id))).scalar_one_or_none()
 
 
 # What a purged job keeps: id, tenant, domain, model, status, priority, attempts, usage, timings,

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from switchyard.common.v2 import compute
 from switchyard.common.v2.errors import V2Error, error_body
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -64,10 +65,11 @@ async def respond(send: Send, status: int, body: bytes, headers: dict[str, str])
 
 
 def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel: TunnelHandler | None = None,
-                    authorize: Authorize | None = None) -> ASGIApp:
+                    authorize: Authorize | None = None, report_compute: bool = False) -> ASGIApp:
     """``app`` with V2 infer requests answered by ``handler`` and, when given, gRPC tunnel calls by
     ``tunnel`` (V2 errors become ``{"error": ...}``). ``authorize`` checks an infer request before
-    its body is read."""
+    its body is read. ``report_compute`` (a worker's): answers carry the model's time and items
+    (switchyard.common.v2.compute) for the API's request log."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         infer = tunneled = None
@@ -87,14 +89,17 @@ def infer_fast_path(app: ASGIApp, handler: InferHandler, max_bytes: int, tunnel:
             if int(declared) > max_bytes:
                 raise V2Error(413, f"request body exceeds {max_bytes} bytes")
             body = await read_body(receive, max_bytes)
-            if infer is not None:
-                if not body:
-                    raise V2Error(400, "empty inference request")
-                version = unquote(infer[2]) if infer[2] else None
-                status, out, out_headers = await handler(scope, unquote(infer[1]), version, body, headers)
-            else:
-                assert tunnel is not None and tunneled is not None
-                status, out, out_headers = 200, await tunnel(tunneled[1], body), {"content-type": PROTOBUF}
+            with compute.measuring() as measured:
+                if infer is not None:
+                    if not body:
+                        raise V2Error(400, "empty inference request")
+                    version = unquote(infer[2]) if infer[2] else None
+                    status, out, out_headers = await handler(scope, unquote(infer[1]), version, body, headers)
+                else:
+                    assert tunnel is not None and tunneled is not None
+                    status, out, out_headers = 200, await tunnel(tunneled[1], body), {"content-type": PROTOBUF}
+            if report_compute and measured.engine_ms is not None:
+                out_headers = {**out_headers, **measured.headers()}
         except V2Error as e:
             status, out, out_headers = e.status, error_body(e.message), {"content-type": "application/json", **e.headers}
         await respond(send, status, out, out_headers)

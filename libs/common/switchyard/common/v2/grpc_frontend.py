@@ -12,10 +12,12 @@ as on REST) first checks the call's metadata (``authorization: Bearer <key>`` or
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import grpc
 
+from switchyard.common import tracing
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
 from switchyard.common.v2 import triton_extensions_pb2 as ext
 from switchyard.common.v2.asgi import Authorize, TunnelHandler
@@ -27,6 +29,8 @@ log = logging.getLogger("switchyard.v2")
 
 # (serialized request, seconds left of the client's deadline) → serialized response
 Method = Callable[[bytes, float | None], Awaitable[bytes]]
+# A handler as grpc.aio calls it.
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 # Health probes: answered without credentials.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 
@@ -74,25 +78,76 @@ def methods(plane: DataPlane) -> dict[str, Method]:
     }
 
 
-def handlers(plane: DataPlane, authorize: Authorize | None = None) -> grpc.GenericRpcHandler:
-    def guarded(name: str, fn: Method) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+def traced(name: str, call: Handler) -> Handler:
+    """``call`` in a SERVER span continuing the caller's ``traceparent`` metadata."""
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+
+    async def traced_call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        carrier = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate") and isinstance(v, str)}
+        with tracing.server_span(f"{SERVICE}/{name}", carrier, attributes, errors_from_exceptions=False) as span:
+            try:
+                return await call(raw, context)
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                tracing.grpc_status(span, code.name, code.value[0])
+
+    return traced_call
+
+
+class CallRecord(Protocol):
+    """One call's entry in a ``CallLog``: its initial metadata (the request id; on success, the
+    overhead), then its end with the gRPC code name."""
+
+    def initial_metadata(self, ok: bool) -> tuple[tuple[str, str], ...]: ...
+
+    def end(self, code: str) -> None: ...
+
+
+class CallLog(Protocol):
+    """Records calls (the API's request log); None from ``begin``: this call is not recorded."""
+
+    def begin(self, method: str, metadata: Mapping[str, str]) -> CallRecord | None: ...
+
+
+def handlers(plane: DataPlane, authorize: Authorize | None = None, calls: CallLog | None = None) -> grpc.GenericRpcHandler:
+    """The service's handlers; with traces on (decided now: the process set them up first), a span
+    per call; given ``calls``, each call recorded there."""
+
+    def guarded(name: str, fn: Method) -> Handler:
         check = authorize if name not in OPEN_METHODS else None
 
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)} if check or calls else {}
+            rec = calls.begin(name, metadata) if calls is not None else None
+            code = "CANCELLED"  # unless it ends otherwise (the client went away)
             try:
-                if check is not None:
-                    await check({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
-                return await fn(raw, context.time_remaining())
-            except V2Error as e:
-                if e.headers:  # all at once: each call replaces the previous trailers
-                    context.set_trailing_metadata(tuple((k.lower(), v) for k, v in e.headers.items()))
-                await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
-            except Exception:
-                log.exception("gRPC call failed")
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {plane.server_name}")
+                try:
+                    if check is not None:
+                        await check(metadata)
+                    out = await fn(raw, context.time_remaining())
+                    if rec is not None:
+                        await context.send_initial_metadata(rec.initial_metadata(True))
+                    code = "OK"
+                    return out
+                except V2Error as e:
+                    code = e.grpc_code
+                    if rec is not None:
+                        await context.send_initial_metadata(rec.initial_metadata(False))
+                    if e.headers:  # all at once: each call replaces the previous trailers
+                        context.set_trailing_metadata(tuple((k.lower(), v) for k, v in e.headers.items()))
+                    await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+                except Exception:
+                    code = "INTERNAL"
+                    log.exception("gRPC call failed")
+                    if rec is not None:
+                        await context.send_initial_metadata(rec.initial_metadata(False))
+                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {plane.server_name}")
+            finally:
+                if rec is not None:
+                    rec.end(code)
             raise AssertionError("unreachable")  # abort raises
 
-        return call
+        return traced(name, call) if tracing.enabled() and name not in OPEN_METHODS else call  # probes: no trace each
 
     return grpc.method_handlers_generic_handler(SERVICE, {name: grpc.unary_unary_rpc_method_handler(guarded(name, fn)) for name, fn in methods(plane).items()})
 
@@ -116,9 +171,10 @@ def tunnel(plane: DataPlane) -> TunnelHandler:
     return call
 
 
-async def start_server(plane: DataPlane, host: str, port: int, max_message_bytes: int, authorize: Authorize | None = None) -> grpc.aio.Server:
+async def start_server(plane: DataPlane, host: str, port: int, max_message_bytes: int, authorize: Authorize | None = None,
+                       calls: CallLog | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    server.add_generic_rpc_handlers((handlers(plane, authorize),))
+    server.add_generic_rpc_handlers((handlers(plane, authorize, calls),))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from switchyard.common.v2 import classification
+from switchyard.common.v2 import classification, compute
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
 from switchyard.common.v2.config import V2Model
 from switchyard.common.v2.dataplane import DataPlane
@@ -87,6 +87,7 @@ class LocalDataPlane(DataPlane):
             self.stats.failure(m.name, req.version or m.versions[-1], perf_counter_ns() - (started_ns or begin))
             raise
         batch = req.inputs[0].data.shape[0] if req.inputs and req.inputs[0].data.ndim else 1
+        compute.report((computed - begin) / 1e6, batch)  # the API's X-Switchyard-Overhead-Ms subtracts it
         self.stats.success(m.name, req.version or m.versions[-1], batch, begin - (started_ns or begin), computed - begin, perf_counter_ns() - computed)
         return resp
 

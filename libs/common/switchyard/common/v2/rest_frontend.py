@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from switchyard.common import tracing
 from switchyard.common.v2.asgi import Authorize, TunnelHandler, error_response, infer_fast_path
 from switchyard.common.v2.dataplane import DataPlane
 from switchyard.common.v2.errors import V2Error
@@ -163,9 +164,10 @@ class V2FastPath:
 
 
 def create_app(plane: DataPlane, max_bytes: int, tunnel: TunnelHandler | None = None) -> ASGIApp:
-    """A standalone V2 REST server (a worker's) on ``plane``."""
+    """A standalone V2 REST server (a worker's) on ``plane``; with traces on (set up before), a
+    SERVER span per request continuing the API's ``traceparent``."""
 
     async def infer(_: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         return await plane.infer_rest(model, version, body, headers)
 
-    return infer_fast_path(Starlette(routes=routes(lambda _: plane)), infer, max_bytes, tunnel)
+    return tracing.traced_asgi(infer_fast_path(Starlette(routes=routes(lambda _: plane)), infer, max_bytes, tunnel, report_compute=True))
