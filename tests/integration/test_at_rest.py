@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import subprocess
 import time
@@ -26,7 +27,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from switchyard.api.jobs.retention import Purger
-from switchyard.common.db.store import JobStore, make_engine
+from switchyard.common.db.store import JobStore, RequestStore, make_engine
 from switchyard.common.events import EventBus, make_redis, stream_key
 from switchyard.common.payload_codec import ENCODING, KEY_ID_META, EncryptionCodec, KeyRing, data_converter, generate_key, sealed_input_context
 from switchyard.devstack.client import JobClient, llm_job
@@ -313,6 +314,35 @@ def test_retention_purges_an_ended_job_everywhere(stack: Stack, client: JobClien
     assert stream_ttl(stack, job_id) == -2  # the event stream is gone
     wait_until(lambda: history_gone(stack, job_id), timeout_s=HISTORY_DELETION_S, every_s=1.0)  # and the Temporal execution
     assert cli_history(stack, job_id).returncode != 0
+
+
+def test_request_log_rows_past_their_retention_are_deleted(stack: Stack) -> None:
+    """The request log keeps accounting only and has its own retention (SWITCHYARD_REQUEST_LOG_RETENTION_S)."""
+    marker_id = f"retention-{uuid.uuid4().hex[:8]}"
+    now = dt.datetime.now(dt.UTC)
+
+    def row(suffix: str, age: dt.timedelta) -> dict[str, Any]:
+        return {"request_id": f"{marker_id}-{suffix}", "created_at": now - age, "family": "jobs", "route": "/v1/jobs", "method": "POST",
+                "status": "202", "tenant": "tests", "model": "", "params": {}, "outcome": "accepted"}
+
+    async def run() -> set[str]:
+        engine = make_engine(stack.cfg.postgres_dsn)
+        r = make_redis(stack.cfg.redis_url)
+        try:
+            requests = RequestStore(engine)
+            await requests.insert([row("old", dt.timedelta(days=3)), row("new", dt.timedelta(minutes=1))])
+            temporal = await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}", namespace="default", data_converter=data_converter(ring_of(stack)))
+            purger = Purger(JobStore(engine), EventBus(r, ttl_s=EVENT_TTL_S, maxlen=1000), temporal, retention_s=10**9,
+                            requests=requests, request_log_retention_s=2 * 24 * 3600)
+            assert await purger.purge_request_log() >= 1
+            async with engine.connect() as conn:
+                found = await conn.execute(text("SELECT request_id FROM requests WHERE request_id LIKE :m"), {"m": f"{marker_id}-%"})
+                return {rec[0] for rec in found}
+        finally:
+            await r.aclose()
+            await engine.dispose()
+
+    assert asyncio.run(run()) == {f"{marker_id}-new"}
 
 
 # ---------------------------------------------------------------- DELETE ?purge=true

@@ -53,12 +53,14 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         payload_keys = KeyRing.from_settings(settings)  # __main__ already refused to start without one
         temporal = await connect(settings, payload_keys, metrics_host=settings.metrics_host, metrics_port=settings.temporal_metrics_port)
         store = JobStore(db)
-        writer.start(RequestStore(db))
+        requests = RequestStore(db)
+        writer.start(requests)
         bus = EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen)
         backlog = Backlog(redis, db.url.database or "default")
         dispatcher = Dispatcher(store, bus, temporal, payload_keys, backlog=backlog)
         dispatcher.start()
-        purger = Purger(store, bus, temporal, retention_s=settings.retention_s, every_s=settings.purge_every_s)
+        purger = Purger(store, bus, temporal, retention_s=settings.retention_s, every_s=settings.purge_every_s,
+                        requests=requests, request_log_retention_s=settings.request_log_retention_s)
         purger.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), event_hooks=tracing.httpx_event_hooks())  # engines see traceparent
         v2 = V2Gateway(settings, catalog)

@@ -7,8 +7,6 @@ hold themselves (each its own breakers); the page aggregates them with ``max``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import pybreaker
@@ -20,6 +18,7 @@ from switchyard.common import metrics
 from switchyard.common.contracts import JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore
+from switchyard.common.periodic import Periodic
 from switchyard.common.queues import DOMAINS
 
 log = logging.getLogger("switchyard.api.gauges")
@@ -28,12 +27,13 @@ PRIORITIES = tuple(str(p) for p in range(1, 6))
 BREAKER_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 
-class PlatformGauges:
+class PlatformGauges(Periodic):
+    log = log
+
     def __init__(self, store: JobStore, v2: V2Gateway, every_s: float) -> None:
+        super().__init__(every_s)
         self.store = store
         self.v2 = v2
-        self.every_s = every_s
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh_backlog(self) -> None:
         """Jobs accepted and not yet started: rows still ``queued`` (the status index covers it).
@@ -59,16 +59,5 @@ class PlatformGauges:
         except (SQLAlchemyError, OSError) as e:
             log.warning("backlog gauge not refreshed", extra={"fields": {"error": str(e)}})
 
-    async def _forever(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.every_s)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._forever())
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        await self.refresh()

@@ -47,6 +47,8 @@ class ApiSettings(CommonSettings):
     # Retention (docs/security.md): a job that ended longer ago than this loses its content (input,
     # result, event stream, Temporal history); every API process checks every purge_every_s.
     retention_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # The request log's rows (accounting: no content) are deleted this long after the request.
+    request_log_retention_s: int = Field(default=400 * 24 * 3600, ge=1)
     purge_every_s: float = Field(default=60.0, gt=0)
     # Per-key limits by tier (a key's own columns override them; switchyard.common.quotas), JSON in
     # SWITCHYARD_TIER_QUOTAS, e.g. {"normal": {"rps": 100, "max_streams": 32, "tpm": 500000}}; a

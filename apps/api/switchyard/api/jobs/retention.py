@@ -10,8 +10,6 @@ at once (``Purger.purge``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -21,8 +19,9 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from switchyard.common.db.store import JobStore
+from switchyard.common.db.store import JobStore, RequestStore
 from switchyard.common.events import EventBus
+from switchyard.common.periodic import Periodic
 
 log = logging.getLogger("switchyard.api.retention")
 
@@ -39,11 +38,17 @@ async def delete_history(temporal: Client, job_id: str) -> None:
             raise
 
 
-class Purger:
-    def __init__(self, store: JobStore, bus: EventBus, temporal: Client, *, retention_s: float, every_s: float = 60.0, batch: int = 100) -> None:
+class Purger(Periodic):
+    log = log
+
+    def __init__(self, store: JobStore, bus: EventBus, temporal: Client, *, retention_s: float, every_s: float = 60.0, batch: int = 100,
+                 requests: RequestStore | None = None, request_log_retention_s: float | None = None) -> None:
+        super().__init__(every_s)
         self.store, self.bus, self.temporal = store, bus, temporal
-        self.retention_s, self.every_s, self.batch = retention_s, every_s, batch
-        self._task: asyncio.Task[None] | None = None
+        self.retention_s, self.batch = retention_s, batch
+        # The request log (accounting only, no content) is kept longer than jobs' content: usage
+        # reports read it (docs/observability.md).
+        self.requests, self.request_log_retention_s = requests, request_log_retention_s
 
     async def erase_elsewhere(self, ids: list[uuid.UUID]) -> None:
         """The jobs' event streams and Temporal histories."""
@@ -68,19 +73,18 @@ class Purger:
             log.info("jobs past retention purged", extra={"fields": {"jobs": total, "retention_s": self.retention_s}})
         return total
 
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.purge_expired()
-            except Exception:  # keep purging whatever one round hit (Temporal or the database down...)
-                log.exception("retention purge failed; retried next round")
-            await asyncio.sleep(self.every_s)
+    async def purge_request_log(self) -> int:
+        """Delete request-log rows older than their retention, batch after batch; how many."""
+        if self.requests is None or self.request_log_retention_s is None:
+            return 0
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.request_log_retention_s)
+        total = 0
+        while (n := await self.requests.delete_before(cutoff, self.batch * 10)) > 0:
+            total += n
+        if total:
+            log.info("request log rows past retention deleted", extra={"fields": {"rows": total, "retention_s": self.request_log_retention_s}})
+        return total
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._forever())
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        await self.purge_expired()
+        await self.purge_request_log()

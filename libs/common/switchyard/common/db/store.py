@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import CursorResult, func, literal_column, null, select, update
+from sqlalchemy import CursorResult, delete, func, literal_column, null, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -231,6 +231,13 @@ class RequestStore:
             q = q.where(RequestRow.model == model)
         async with self.sessions() as s:
             return list((await s.execute(q)).all())
+
+    async def delete_before(self, cutoff: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest rows created before ``cutoff``; how many."""
+        oldest = select(RequestRow.id).where(RequestRow.created_at < cutoff).order_by(RequestRow.created_at).limit(limit)
+        async with self.sessions.begin() as s:
+            result: CursorResult[Any] = await s.execute(delete(RequestRow).where(RequestRow.id.in_(oldest)))  # type: ignore[assignment]
+            return result.rowcount
 
     async def of_job(self, job_id: uuid.UUID) -> RequestRow | None:
         async with self.sessions() as s:
