@@ -18,3 +18,8 @@ host_python() {
 
 # pip through PYTHON, without its once-per-package warnings about the machine's local file:// indexes.
 pip_quiet() { local py="$1"; shift; "$py" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2 || true); }
+
+# Stamp files for idempotent set-up steps: a step is fresh when its stamp holds the key of what it
+# was built from (and the script was not run with --force, i.e. FORCE=0 in the sourcing script).
+sum16() { cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [[ ${FORCE:-0} == 0 && -f "$1" && "$(cat "$1")" == "$2" ]]; }  # fresh STAMP KEY

@@ -62,8 +62,6 @@ for arg in "$@"; do
   esac
 done
 
-sum16() { cat "$@" | sha256sum | cut -c1-16; }
-fresh() { [[ $FORCE == 0 && -f "$1" && "$(cat "$1")" == "$2" ]]; }  # fresh STAMP KEY
 
 mkdir -p "$BASE"
 t_start=$SECONDS

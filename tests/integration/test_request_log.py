@@ -345,6 +345,8 @@ def test_usage_sums_a_tenants_requests_per_model_and_only_its_own(stack: Stack, 
         vision = c.post("/v1/jobs", json={"domain": "vision", "model": "vision-classify", "input": {"images": images}}, headers=mine)
         assert vision.status_code == 202, vision.text
         eventually(lambda: c.get(f"/v1/jobs/{vision.json()['id']}", headers=mine).json()["status"] == "succeeded", "the vision job", timeout_s=60)
+        timings = c.get(f"/v1/jobs/{vision.json()['id']}", headers=mine).json()["timings"]
+        assert 0 < timings["engine_ms"] <= timings["total_ms"] and timings["overhead_ms"] >= 0, timings  # the data plane's time
         images_used = {"tenant": tenant, "model": "vision-classify", "requests": 1, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
                        "items": 2}
 

@@ -48,15 +48,18 @@ class VisionActivities:
         details = activity.info().heartbeat_details
         done: list[list[dict[str, Any]]] = list(details[0]) if details else []
         checkpoint: list[object] = [done]
+        engine_s = 0.0  # time in the data plane (preprocessing and the backend): the job's engine time
         async with heartbeating(checkpoint):
             for start in range(len(done), len(images), self.chunk):
                 batch = images[start:start + self.chunk]
                 req = InferRequest(model=spec.model, inputs=[_bytes_tensor(image_input, batch)], parameters={"top_k": inp.top_k})
+                t0 = time.perf_counter()
                 try:
                     resp = await self.plane.infer(req, model)
                 except V2Error as e:
                     kind = "InvalidInput" if 400 <= e.status < 500 else "BackendUnavailable"
                     raise ApplicationError(f"images {start}..{start + len(batch) - 1}: {e.message}", type=kind, non_retryable=kind == "InvalidInput") from None
+                engine_s += time.perf_counter() - t0
                 out = {t.name: t.data for t in resp.outputs}
                 for labels, scores in zip(out["labels"], out["scores"], strict=True):
                     done.append([{"label": lab.decode(), "score": float(sc)} for lab, sc in zip(labels, scores, strict=True)])
@@ -64,5 +67,5 @@ class VisionActivities:
                 await self.books.bus.publish(spec.job_id, "progress", {"done": len(done), "total": len(images)})
         return VisionClassification(
             predictions=[[Prediction(**p) for p in row] for row in done],
-            timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), total_ms=(time.time() - started) * 1000),
+            timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), engine_ms=engine_s * 1000, total_ms=(time.time() - started) * 1000),
         )
