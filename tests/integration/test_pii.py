@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import PII_BLOCK_EMBED_MODEL, PII_BLOCK_MODEL, PII_PASS_MODEL
+from conftest import PII_BLOCK_EMBED_MODEL, PII_BLOCK_MODEL, PII_PASS_MODEL  # pants: no-infer-dep
 from httpx_sse import connect_sse
 from sqlalchemy.engine import make_url
 

@@ -27,7 +27,7 @@ import grpc
 import httpx
 import pytest
 import yaml
-from conftest import RELOAD_OVERLAY, eventually
+from conftest import RELOAD_OVERLAY, eventually  # pants: no-infer-dep
 from sqlalchemy import text
 from tritonclient.grpc import service_pb2 as pb  # the protos the other suites load (ours would clash in one process)
 from websockets.sync.client import connect as ws_connect

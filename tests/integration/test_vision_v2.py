@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import expect_error
+from conftest import expect_error  # pants: no-infer-dep
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from switchyard.devstack.models import sample_images
