@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from contextvars import ContextVar
 
 import httpx
 from temporalio import activity
@@ -22,10 +21,6 @@ from switchyard.common.model_registry import ModelEntry
 from switchyard.common.request_log import CURRENT_REQUEST_ID
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.publisher import TokenPublisher
-
-# Time inside the engine's streams of the current attempt (Timings.engine_ms: the platform's
-# overhead is the rest). A list per attempt; the choices' tasks inherit it.
-ENGINE_SPANS: ContextVar[list[tuple[float, float]]] = ContextVar("switchyard_engine_spans")
 
 
 def job_seed(job_id: str, given: int | None, choice: int) -> int:
@@ -53,21 +48,19 @@ class LlmActivities:
         if entry is None or entry.domain != "llm" or entry.kind != "chat":
             raise ApplicationError(f"model {spec.model!r} is not served by this worker", type="UnknownModel", non_retryable=True)
         inp = LlmInput.model_validate(await self.books.job_input(spec))
-        await self.books.start_attempt(spec.job_id)
+        await self.books.start_attempt(spec, started)
         attempt = activity.info().attempt
-        if attempt == 1:
-            metrics.observe_queue_time("llm", spec, started)
         already = await self.books.bus.tokens_since_reset(spec.job_id) if attempt > 1 else {}
         publisher = TokenPublisher(self.books.bus, spec.job_id, attempt, already)
         first_token: list[float] = []
         checkpoint: list[object] = [0]
         CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id; __main__'s httpx hook)
+        # (start, end) of each engine stream: Timings.engine_ms, the platform's overhead being the rest.
         engine_spans: list[tuple[float, float]] = []
-        ENGINE_SPANS.set(engine_spans)  # each choice's engine stream notes its span (the choices' tasks share the list)
         generated: list[Usage] = []  # what the engines processed, also for a stream cut off midway
         try:
             async with heartbeating(checkpoint):
-                results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token, generated) for c in range(inp.n)))
+                results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token, generated, engine_spans) for c in range(inp.n)))
         finally:
             metrics.count_tokens(entry.name, max((u.prompt_tokens for u in generated), default=0), sum(u.completion_tokens for u in generated))
         await publisher.finish()
@@ -83,7 +76,7 @@ class LlmActivities:
         )
 
     async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float],
-                      generated: list[Usage]) -> tuple[LlmChoice, Usage, str]:
+                      generated: list[Usage], engine_spans: list[tuple[float, float]]) -> tuple[LlmChoice, Usage, str]:
         """One choice, on the first endpoint that works; fall back only before any output."""
 
         async def generate_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
@@ -104,7 +97,7 @@ class LlmActivities:
                         attempt.produced_output = True
                         await publisher.token(choice, chunk.text, chunk.logprobs)
             finally:  # counted however the stream ended (a chunk is a token when the engine does not say)
-                ENGINE_SPANS.get().append((engine_started, time.time()))
+                engine_spans.append((engine_started, time.time()))
                 generated.append(Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens or len(text)))
             if not usage.completion_tokens:
                 usage.completion_tokens = len(text)

@@ -9,7 +9,6 @@ import numpy as np
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from switchyard.common import metrics
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.contracts import JobSpec, Prediction, Timings, VisionClassification, VisionInput
 from switchyard.common.temporal import heartbeating
@@ -41,9 +40,7 @@ class VisionActivities:
             raise ApplicationError(f"model {spec.model!r} is not an image classifier of this worker", type="UnknownModel", non_retryable=True)
         inp = VisionInput.model_validate(await self.books.job_input(spec))
         images = inp.decoded()
-        await self.books.start_attempt(spec.job_id)
-        if activity.info().attempt == 1:
-            metrics.observe_queue_time("vision", spec, started)
+        await self.books.start_attempt(spec, started)
         # A retried attempt resumes after the chunks the previous one finished (heartbeat checkpoint).
         details = activity.info().heartbeat_details
         done: list[list[dict[str, Any]]] = list(details[0]) if details else []

@@ -40,14 +40,18 @@ class JobBookkeeping:
             raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
         return engine_input(job, self.keys)
 
-    async def start_attempt(self, job_id: str) -> None:
-        """Record that an attempt started (status running, attempt number) and tell the clients.
+    async def start_attempt(self, spec: JobSpec, started_s: float) -> None:
+        """Record that an attempt started (status running, attempt number) and tell the clients; the
+        first attempt's start (``started_s``, the activity's) ends the job's queue time.
 
         A job that already ended (cancelled before its workflow ran) must not run at all.
         """
+        job_id = spec.job_id
         attempt = activity.info().attempt
         if not await self.store.mark_running(job_id, attempt):
             raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
+        if attempt == 1:
+            metrics.observe_queue_time(spec.domain, spec, started_s)
         await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
 
     async def stored_outcome(self, outcome: JobOutcome) -> tuple[JobOutcome, bytes | None]:
