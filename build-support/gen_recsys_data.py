@@ -19,6 +19,8 @@ Writes under --out (parquet, UTC timestamps):
   items.parquet          item_id, category, style, created_at
   user_features.parquet  weekly snapshots: user_id, event_timestamp, events_1d/7d/30d, category_affinity, top_category
   item_features.parquet  weekly snapshots: item_id, event_timestamp, category, age_days, pop_1d/7d/30d
+  user_history.parquet   one snapshot at the log's end: user_id, event_timestamp, recent_items (the last
+                         HISTORY_LEN distinct items, newest first; what the worker excludes as "seen")
   meta.json              sizes, seed, time range, snapshot times, the split times the training uses
 user_id and item_id are dense indexes (0..N-1): the retrieval model's rows are item ids.
 """
@@ -46,6 +48,7 @@ SNAPSHOT_EVERY_DAYS = 7
 TEST_DAYS, LABEL_DAYS = 7, 7  # held-out last week; the week before labels the ranker's training
 EVENT_TYPES = np.array(["view", "click", "purchase"])
 EVENT_P = np.array([0.75, 0.2, 0.05])
+HISTORY_LEN = 200  # Feast view user_history: the worker keeps the same bound when it pushes an event
 
 
 def generate(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -143,6 +146,17 @@ def item_features_at(inter: pd.DataFrame, items: pd.DataFrame, at: datetime) -> 
     return out[items.created_at < at]  # an item unreleased at `at` has no row yet
 
 
+def user_history_at(inter: pd.DataFrame, at: datetime) -> pd.DataFrame:
+    """Every user's last HISTORY_LEN distinct items before `at`, newest first (empty: no events)."""
+    past = inter[inter.event_timestamp < at].iloc[::-1]  # the log is time-ordered: newest first
+    last = past.drop_duplicates(["user_id", "item_id"]).groupby("user_id", sort=False).head(HISTORY_LEN)
+    lists = last.groupby("user_id", sort=False).item_id.agg(list)
+    users = np.arange(N_USERS, dtype=np.int64)
+    return pd.DataFrame(
+        {"user_id": users, "event_timestamp": pd.Timestamp(at).as_unit("us"), "recent_items": [np.asarray(lists.get(u, []), dtype=np.int64) for u in users]}
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -154,7 +168,8 @@ def main() -> None:
     users_f = pd.concat([user_features_at(inter, items, s) for s in snapshots], ignore_index=True)
     items_f = pd.concat([item_features_at(inter, items, s) for s in snapshots], ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, df in (("interactions", inter), ("items", items), ("user_features", users_f), ("item_features", items_f)):
+    history = user_history_at(inter, END)  # no random draws: the other files keep their bytes
+    for name, df in (("interactions", inter), ("items", items), ("user_features", users_f), ("item_features", items_f), ("user_history", history)):
         df.to_parquet(args.out / f"{name}.parquet", index=False)
     test_start = END - timedelta(days=TEST_DAYS)
     per_user = inter.groupby("user_id").size()

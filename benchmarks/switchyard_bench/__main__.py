@@ -1,6 +1,7 @@
 """Switchyard benchmarks on a local stack: ``./switchyard bench [submit|ttft|vision]``, or
 ``./switchyard bench ab --baseline-rev REV`` (the working tree against REV, paired; see ab.py), or
-``./switchyard bench pii`` (what PII redaction costs; see pii.py).
+``./switchyard bench pii`` (what PII redaction costs; see pii.py), or ``./switchyard bench recsys``
+(recommendations: platform vs worker vs Feast's feature server + the model; see recsys.py).
 
 Each benchmark measures the platform and, in the same run, a baseline without it (the engine
 called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
@@ -13,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 from switchyard.devstack.stack import Stack, StackConfig
-from switchyard_bench import ab, pii, submit, ttft, vision
+from switchyard_bench import ab, pii, recsys, submit, ttft, vision
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="switchyard bench")
-    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all)")
+    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii or recsys alone")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
     ap.add_argument("--baseline-rev", help="ab: the git revision to compare the working tree with")
     args = ap.parse_args()
@@ -28,6 +29,8 @@ def main() -> None:
         return run_ab(args.postgres_dsn, args.baseline_rev)
     if args.which == ["pii"]:
         return run_pii(args.postgres_dsn)
+    if args.which == ["recsys"]:
+        return run_recsys(args.postgres_dsn)
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
@@ -58,6 +61,19 @@ def run_pii(postgres_dsn: str) -> None:
     stack.start()
     try:
         pii.run(stack, in_process)
+    finally:
+        stack.stop()
+
+
+def run_recsys(postgres_dsn: str) -> None:
+    """The recsys realtime lane (recsys.py): the recsys worker required, no vLLM; the open-loop rates
+    are far above the default per-model backlog, so no admission limit."""
+    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
+                                recsys=True, vllm=False, api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
+    stack = Stack(cfg)
+    stack.start()
+    try:
+        recsys.run(stack)
     finally:
         stack.stop()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import platform
 import random
 import statistics
@@ -226,7 +225,7 @@ def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80
         for c in clients.values():
             c.close()
     head_lbl = f"{head}{' + uncommitted changes' if dirty else ''}"
-    notes = {"before": rev, "after": head_lbl, "machine": f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
+    notes = {"before": rev, "after": head_lbl, "machine": f"{cpu_model()}, Python {platform.python_version()}",
              "method": "one stack; the baseline's API, LLM and vision workers (own database and Temporal namespace) run beside the working tree's on the "
                        "same engines; each round sends one "
                        "request to each API in random order; diff = after − before per round, median with bootstrap 95 % CI; concurrency 1; API ports "

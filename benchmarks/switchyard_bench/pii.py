@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import platform
 import random
 import statistics
@@ -154,7 +153,7 @@ def run(stack: Stack, rows: list[dict[str, Any]]) -> None:
     """``rows``: in_process()'s, measured before the stack started (a quiet machine)."""
     rows = rows + through_platform(stack)
     meta = {"bench": "pii", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
+            "machine": f"{cpu_model()}, Python {platform.python_version()}",
             "method": "(a) PiiGuard.redact_llm_input in this process before the stack starts (thread-pool hop included), prose with a PII "
                       "sentence every ~300 characters, 3 warm-up calls dropped; (b) one stack, one llama.cpp server (1 thread, 4 slots) behind two "
                       "catalog names (pii: redact, the shipped one; pii: pass, an overlay) and called directly with the redacted prompt; a short chat "

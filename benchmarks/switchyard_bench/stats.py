@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from switchyard.devstack.host import host_cpu
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -39,26 +41,16 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def save(bench: str, rows: list[dict[str, Any]], notes: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"bench": bench, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.python_version()}", **notes}
+    meta = {"bench": bench, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": f"{cpu_model()}, {platform.machine()}, Python {platform.python_version()}", **notes}
     out = RESULTS / f"{bench}.json"
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (RESULTS / f"{bench}.md").write_text(f"# {bench}\n\n{json.dumps(meta, indent=2)}\n\n{table(rows)}\n")
     return out
 
 
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
 def cpu_model() -> str:
-    """The host's CPU and whether it has AVX-512 (it changes engine speed ~3x): every figure names it."""
-    info = Path("/proc/cpuinfo").read_text()
-    for line in info.splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}{', AVX-512' if 'avx512f' in info else ''}"
-    return "unknown"
+    """The host's CPU and its notable SIMD flags (AVX-512 or not changes engine speed ~3x): every figure names it."""
+    return host_cpu().describe()
 
 
 def first_token_ms(client: httpx.Client, url: str, body: dict[str, Any]) -> float:

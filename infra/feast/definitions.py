@@ -74,4 +74,18 @@ user_embedding = FeatureView(
     online=True,
 )
 
-recsys_ranker = FeatureService(name="recsys_ranker", features=[user_features, item_features, user_embedding])
+# A user's last 200 distinct items, newest first: what exclude_seen leaves out. The batch source is one
+# snapshot at the log's end (gen_recsys_data.py); on a live event the worker prepends the item (dropping
+# an older copy, keeping 200) and pushes the new list here.
+user_history_push = PushSource(name="user_history_push", batch_source=_parquet("user_history"))
+
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=TTL,
+    schema=[Field(name="recent_items", dtype=Array(Int64), description="Last 200 distinct item ids, newest first.")],
+    source=user_history_push,
+    online=True,
+)
+
+recsys_ranker = FeatureService(name="recsys_ranker", features=[user_features, item_features, user_embedding, user_history])

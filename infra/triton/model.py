@@ -1,7 +1,8 @@
-"""Triton Python-backend model: runs an ONNX image classifier with onnxruntime (CPU).
+"""Triton Python-backend model: runs an ONNX model (image classifier, recsys ranker) with onnxruntime (CPU).
 
-Copied by build-support/setup-vision.sh into
-.cache/switchyard/vision/model_repository/<model>/1/model.py beside the ONNX file.
+Copied beside the ONNX file by build-support/setup-vision.sh into
+.cache/switchyard/vision/model_repository/<model>/1/model.py and by build-support/setup-recsys.sh into
+.cache/switchyard/recsys/triton_repository/recsys_ranker/1/model.py.
 config.pbtxt parameters: onnx_file (file name in the version directory), intra_op_threads
 (onnxruntime intra-op threads; 0 = onnxruntime's default). The ONNX graph must have one input
 and one output with a dynamic batch dimension; Triton's "input"/"logits" map onto them by position.

@@ -6,11 +6,16 @@
 #   infra/triton/run-tritonserver.sh [extra tritonserver flags]
 #   env: SWITCHYARD_TRITON_HTTP_PORT (8100) _GRPC_PORT (8101) _METRICS_PORT (8102),
 #        SWITCHYARD_TRITON_MODEL_REPOSITORY (default: the generated one), SWITCHYARD_CACHE_DIR
+# The recsys ranker's repository (build-support/setup-recsys.sh: recsys/triton_repository) is served
+# too when it exists (SWITCHYARD_TRITON_RECSYS_REPOSITORY overrides its path; empty: not served).
 set -Eeuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BASE="${SWITCHYARD_CACHE_DIR:-$ROOT/.cache/switchyard}/vision"
 VENV="$BASE/venv"
 REPO="${SWITCHYARD_TRITON_MODEL_REPOSITORY:-$BASE/model_repository}"
+RECSYS_REPO="${SWITCHYARD_TRITON_RECSYS_REPOSITORY-${SWITCHYARD_CACHE_DIR:-$ROOT/.cache/switchyard}/recsys/triton_repository}"
+EXTRA_REPOS=()
+[[ -n "$RECSYS_REPO" && -d "$RECSYS_REPO" ]] && EXTRA_REPOS=(--model-repository "$RECSYS_REPO")
 TRITON="$VENV/lib/python3.11/site-packages/pytriton/tritonserver"
 [[ -x "$TRITON/bin/tritonserver" && -d "$REPO" && -e "$BASE/backends/python/libtriton_python.so" ]] \
   || { echo "run-tritonserver: run build-support/setup-vision.sh first" >&2; exit 1; }
@@ -23,7 +28,7 @@ export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$VENV/bin:$PATH"
 
 exec "$TRITON/bin/tritonserver" \
-  --model-repository "$REPO" \
+  --model-repository "$REPO" "${EXTRA_REPOS[@]}" \
   --backend-directory "$BASE/backends" \
   --http-address 127.0.0.1 --http-port "${SWITCHYARD_TRITON_HTTP_PORT:-8100}" \
   --grpc-address 127.0.0.1 --grpc-port "${SWITCHYARD_TRITON_GRPC_PORT:-8101}" \

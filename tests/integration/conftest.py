@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from fault_proxy import FaultProxy  # pants: no-infer-dep (a test util beside conftest.py)
 from otlp_receiver import OtlpReceiver  # pants: no-infer-dep (a test util beside conftest.py)
 from tritonclient.utils import InferenceServerException
 
@@ -82,11 +83,22 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="session")
-def stack(scratch_dsn: Callable[[], str], otlp: OtlpReceiver) -> Iterator[Stack]:
+def feast_proxy() -> Iterator[FaultProxy]:
+    """A fault injector (fault_proxy.py) between the recsys worker and Feast's real Redis: test_recsys.py cuts it."""
+    proxy = FaultProxy.for_feast(os.environ.get("SWITCHYARD_FEAST_REDIS", "127.0.0.1:6379")).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(scratch_dsn: Callable[[], str], otlp: OtlpReceiver, feast_proxy: FaultProxy) -> Iterator[Stack]:
     state = Path(tempfile.mkdtemp(prefix="switchyard-test-", dir=os.environ.get("SWITCHYARD_TEST_STATE_DIR")))
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
-    # vision=True: fail (naming build-support/setup-vision.sh) rather than skip when it is not set up.
-    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True, otlp_endpoint=otlp.url,
+    # vision=True, recsys=True: fail (naming build-support/setup-vision.sh / setup-recsys.sh) rather than skip when not set up.
+    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True, recsys=True, otlp_endpoint=otlp.url,
+                                feast_redis=feast_proxy.feast_address,  # the recsys worker's Feast Redis, through the fault injector
                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING),
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     # Tests add their own models through catalog overlays: the fallback model, and a file the reload

@@ -69,7 +69,12 @@ V2_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", f"/v2/models/{V2_MODEL}/infer", V2_INFER),  # the V2 fast path (middleware, not a FastAPI route)
     ("POST", f"/v2/models/{V2_MODEL}/versions/1/infer", V2_INFER),
 ]
-V1_ROUTES = JOBS_ROUTES + OPENAI_ROUTES + ADMIN_ROUTES
+# The recsys routes belong to the realtime lane (scope v2) but answer in the platform's error shape.
+RECSYS_ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "/v1/recommendations", {"user_id": 1}),
+    ("POST", "/v1/recsys/events", {"user_id": 1, "item_id": 1}),
+]
+V1_ROUTES = JOBS_ROUTES + OPENAI_ROUTES + ADMIN_ROUTES + RECSYS_ROUTES
 OPEN_PATHS = ["/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"]
 
 GRPC_OPEN = ["ServerLive", "ServerReady"]
@@ -298,7 +303,7 @@ def test_a_key_serves_only_its_scopes(stack: Stack, grpc_stub: service_pb2_grpc.
                 assert_v2_error(r, 403, headers)
             else:
                 assert_api_error(r, 403, "insufficient_scope", headers)
-    for method, path, body in ADMIN_ROUTES:
+    for method, path, body in ADMIN_ROUTES + (RECSYS_ROUTES if scope != "v2" else []):
         assert_api_error(send(stack, method, path, body, headers), 403, "insufficient_scope", headers)
     grpc_codes = {m: grpc_call(grpc_stub, m, headers) for m in GRPC_GUARDED}
     assert grpc_codes == dict.fromkeys(GRPC_GUARDED, grpc.StatusCode.OK if scope == "v2" else grpc.StatusCode.PERMISSION_DENIED)

@@ -48,6 +48,10 @@ def _assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
         (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a"}, "priority": "urgent"}', 422, "validation_error"),
         (b'{"domain": "llm", "model": "' + LLM_MODEL.encode() + b'", "input": {"prompt": "a"}, "surprise": 1}', 422, "validation_error"),
         (b"{\"a\":" * 5000 + b"1" + b"}" * 5000, 400, "invalid_json"),  # deeply nested: refused, not a crash
+        (b'{"domain": "recsys", "model": "vision-classify", "input": {"users": [1]}}', 404, "model_not_found"),  # not a ranker
+        (b'{"domain": "recsys", "model": "recsys-rank", "input": {"users": []}}', 422, "validation_error"),
+        (b'{"domain": "recsys", "model": "recsys-rank", "input": {"users": [1], "k": 101}}', 422, "validation_error"),
+        (b'{"domain": "recsys", "model": "recsys-rank", "input": {"users": ["u1"]}}', 422, "validation_error"),
     ],
 )
 def test_bad_job_bodies(client: JobClient, body: bytes, status: int, code: str) -> None:
@@ -154,3 +158,24 @@ def test_refused_text_keeps_the_ingress_connection(stack, auth: dict[str, str]) 
                 _assert_error(_post_json(http, "/v1/jobs", {"domain": "llm", "model": LLM_MODEL, "input": {"prompt": NUL}}), 422, "validation_error")
         r = http.post("/v1/jobs", json={"domain": "llm", "model": LLM_MODEL, "input": OK_INPUT})
         assert r.status_code == 202, r.text
+
+
+# ------------------------------------------------------------------ recsys realtime routes (refused before the worker)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code", "param"),
+    [
+        ("/v1/recommendations", {"user_id": 1, "k": 0}, 422, "validation_error", "k"),
+        ("/v1/recommendations", {"user_id": 1, "k": 101}, 422, "validation_error", "k"),
+        ("/v1/recommendations", {"user_id": "u1"}, 422, "validation_error", "user_id"),
+        ("/v1/recommendations", {"user_id": 1, "candidates": list(range(1001))}, 422, "validation_error", "candidates"),
+        ("/v1/recommendations", {"user_id": 1, "surprise": True}, 422, "validation_error", "surprise"),
+        ("/v1/recommendations", {"user_id": 1, "model": "vision-classify"}, 404, "model_not_found", "model"),
+        ("/v1/recommendations", {"user_id": 1, "model": "nope"}, 404, "model_not_found", "model"),
+        ("/v1/recsys/events", {"user_id": 1, "item_id": 2, "event_type": "like"}, 422, "validation_error", "event_type"),
+        ("/v1/recsys/events", {"user_id": 1}, 422, "validation_error", "item_id"),
+    ],
+)
+def test_bad_recsys_bodies(client: JobClient, path: str, body: dict[str, Any], status: int, code: str, param: str) -> None:
+    assert _assert_error(client.http.post(path, json=body), status, code)["param"] == param

@@ -39,8 +39,11 @@ TIMEOUT = (5.0, 10.0)
 LONG_RUNNING = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/jobs/{job_id}/events")}
 # A real model for the bodies that name one, per route (and job domain: not vision, whose generated
 # images would be accepted and then fail in the worker, where later tests expect no failed vision job).
-REAL_MODELS = {"/v1/chat/completions": LLM_MODEL, "/v1/completions": LLM_MODEL, "/v1/embeddings": "smollm2-135m-embed"}
-JOB_MODELS = {"llm": LLM_MODEL}
+REAL_MODELS = {"/v1/chat/completions": LLM_MODEL, "/v1/completions": LLM_MODEL, "/v1/embeddings": "smollm2-135m-embed",
+               "/v1/recommendations": "recsys-rank"}
+JOB_MODELS = {"llm": LLM_MODEL, "recsys": "recsys-rank"}
+# Routes whose bodies are not generations (no output length to cap, no prompt to add).
+NOT_GENERATIONS = {"/v1/embeddings", "/v1/recommendations"}
 
 
 def _plausible(params: dict[str, Any], *, generates: bool) -> dict[str, Any]:
@@ -71,9 +74,9 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrat
     path = context.operation.path
     if path == "/v1/jobs":
         model = JOB_MODELS.get(body.get("domain"))  # type: ignore[arg-type]
-        real = {**body, "input": _plausible(body["input"], generates=True)} if isinstance(body.get("input"), dict) else body
+        real = {**body, "input": _plausible(body["input"], generates=body.get("domain") == "llm")} if isinstance(body.get("input"), dict) else body
     else:
-        model, real = REAL_MODELS.get(path), _plausible(body, generates=path != "/v1/embeddings")
+        model, real = REAL_MODELS.get(path), _plausible(body, generates=path not in NOT_GENERATIONS)
     if model is None:
         return st.just(body)
     return st.sampled_from([body, {**real, "model": model}])

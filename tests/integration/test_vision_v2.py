@@ -276,7 +276,7 @@ def test_worker_serves_grpc_directly_and_through_its_tunnel(stack: Stack, images
 def test_worker_hands_triton_its_inputs_in_shared_memory_and_recovers_when_triton_forgets(http_client: httpclient.InferenceServerClient,
                                                                                           stack: Stack, auth: dict[str, str]) -> None:
     """The worker registers one system shared memory region with Triton and writes each batch-1
-    tensor there (worker_vision/triton_shm.py); a Triton that lost the registration (restarted) gets
+    tensor there (switchyard/common/v2/triton_shm.py); a Triton that lost the registration (restarted) gets
     that request's tensor as a body, and the region again before the next one."""
     triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.triton_http_port}")
     region = f"switchyard-vision-{stack.cfg.vision_http_port}"

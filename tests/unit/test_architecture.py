@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = {"api": "switchyard.api", "worker-llm": "switchyard.worker_llm", "worker-vision": "switchyard.worker_vision"}
-# Heavy stacks stay in the one app that needs them (they are in the shared lockfile, and Pants only
-# puts a requirement into the artifacts of targets that import it).
-HEAVY = {"nvidia.dali": "worker-vision", "onnxruntime": "worker-vision"}
+APPS = {"api": "switchyard.api", "worker-llm": "switchyard.worker_llm", "worker-vision": "switchyard.worker_vision",
+        "worker-recsys": "switchyard.worker_recsys"}
+# Heavy stacks stay where they are needed (folders or files): they are in the shared lockfile, and
+# Pants only puts a requirement into the artifacts of targets that import it. onnxruntime: the V2
+# backends both model workers share; Feast (recsys venv only, numpy 2): one module of the recsys worker.
+HEAVY = {
+    "nvidia.dali": ("apps/worker-vision",),
+    "onnxruntime": ("apps/worker-vision", "apps/worker-recsys", "libs/common/switchyard/common/v2/backends.py"),
+    "feast": ("apps/worker-recsys/switchyard/worker_recsys/features.py",),
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,9 +62,9 @@ def test_switchyard_is_a_namespace_package() -> None:
 
 
 @pytest.mark.parametrize("module", sorted(HEAVY))
-def test_heavy_stacks_only_in_their_app(module: str) -> None:
-    owner = ROOT / "apps" / HEAVY[module]
-    files = [f for d in ("apps", "libs") for f in (ROOT / d).rglob("*.py") if owner not in f.parents]
+def test_heavy_stacks_only_where_needed(module: str) -> None:
+    owners = [ROOT / o for o in HEAVY[module]]
+    files = [f for d in ("apps", "libs") for f in (ROOT / d).rglob("*.py") if not any(f == o or o in f.parents for o in owners)]
     assert files
     bad = sorted(str(f.relative_to(ROOT)) for f in files if any(m == module or m.startswith(module + ".") for m in _imports(f)))
-    assert not bad, f"{module} imported outside {HEAVY[module]}: {bad}"
+    assert not bad, f"{module} imported outside {', '.join(HEAVY[module])}: {bad}"

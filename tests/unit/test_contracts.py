@@ -15,8 +15,8 @@ def test_priority_maps_to_temporal_priority_key(value: int | str | None, key: in
 
 
 def test_domain_selects_the_input_model() -> None:
-    job = JOB.validate_python({"domain": "recsys", "model": "m", "input": {"user_id": "u", "candidate_item_ids": ["a"]}})
-    assert job.domain == "recsys" and job.input.top_k == 10
+    job = JOB.validate_python({"domain": "recsys", "model": "m", "input": {"users": [3, 7]}})
+    assert job.domain == "recsys" and job.input.k == 10 and job.input.exclude_seen
     with pytest.raises(ValidationError):
         JOB.validate_python({"domain": "recsys", "model": "m", "input": {"prompt": "hi"}})
 

@@ -27,7 +27,7 @@ def _job(**fields: object) -> dict[str, object]:
         (lambda t: _job(input={"prompt": "hi", "stop": [t]}), ("llm", "input", "stop", 0)),
         (lambda t: _job(metadata={"k": t}), ("llm", "metadata", "k")),
         (lambda t: _job(metadata={t: "v"}), ("llm", "metadata", KEY, "[key]")),
-        (lambda t: {"domain": "recsys", "model": "m", "input": {"user_id": t, "candidate_item_ids": ["a"]}}, ("recsys", "input", "user_id")),
+        (lambda t: {"domain": "recsys", "model": "m", "input": {"users": [1]}, "metadata": {"k": t}}, ("recsys", "metadata", "k")),
     ],
 )
 def test_job_text_fields_refuse_unstorable_text(bad: str, body, loc: tuple[object, ...]) -> None:  # type: ignore[no-untyped-def]

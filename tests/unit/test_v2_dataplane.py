@@ -82,7 +82,7 @@ async def test_server_metadata_config_and_index(client: httpx.AsyncClient) -> No
     assert meta["name"] == "toy" and {"classification", "model_configuration", "statistics", "binary_tensor_data"} <= set(meta["extensions"])
     config = (await client.get("/v2/models/scorer/versions/1/config")).json()
     assert config["max_batch_size"] == 4
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 2, 2]}]
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 2, 2], "optional": False}]
     assert config["output"][0] == {"name": "y", "data_type": "TYPE_FP32", "dims": [3], "label_filename": "labels.txt"}
     assert config["output"][1]["data_type"] == "TYPE_STRING"
     # Model metadata keeps to V2's fields.

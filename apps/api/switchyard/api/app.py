@@ -20,6 +20,7 @@ from switchyard.api.jobs import routes as jobs_routes
 from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.jobs.retention import Purger
 from switchyard.api.openai import routes as openai_routes
+from switchyard.api.recsys import routes as recsys_routes
 from switchyard.api.request_log import GrpcCalls, RequestLog, RequestWriter, recording_authorize
 from switchyard.api.settings import ApiSettings
 from switchyard.api.usage import routes as usage_routes
@@ -101,6 +102,7 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(usage_routes.router)
+    app.include_router(recsys_routes.router)
     v2_routes.add_routes(app, authorize_v2)
 
     @app.get("/healthz", tags=["health"])

@@ -56,6 +56,8 @@ def family_of(path: str) -> str | None:
             return "openai"
         if path.startswith(("/v1/admin/", "/v1/usage")) or path == "/v1/admin":
             return "admin"  # the usage report is an accounting read, with key admin
+        if path == "/v1/recommendations" or path.startswith("/v1/recsys/"):
+            return "recsys"
         return None
     if path == "/v2" or path.startswith("/v2/"):
         return None if path.startswith("/v2/health/") else "v2_rest"

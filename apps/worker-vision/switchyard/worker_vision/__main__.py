@@ -26,12 +26,12 @@ from switchyard.common.logs import setup_logging
 from switchyard.common.payload_codec import KeyRing, keys_or_exit
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
+from switchyard.common.v2.backends import make_backends
+from switchyard.common.v2.triton_shm import ShmPool
 from switchyard.worker_vision.activities import VisionActivities
-from switchyard.worker_vision.backends import make_backends
 from switchyard.worker_vision.counting import CountingVisionPlane
 from switchyard.worker_vision.preprocess import DaliPreprocessor
 from switchyard.worker_vision.settings import VisionSettings
-from switchyard.worker_vision.triton_shm import ShmPool
 from switchyard.worker_vision.workflows import VisionJobWorkflow
 
 log = logging.getLogger("switchyard.worker_vision")
@@ -43,7 +43,7 @@ async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) 
     shm = ShmPool(triton, f"switchyard-{settings.task_queue}-{settings.vision_http_port}", settings.triton_shm_slots, settings.triton_shm_slot_bytes)
     await shm.open()
     triton_infer = Http1Client.for_url(settings.triton_url, timeout_s=settings.triton_timeout_s)
-    backends = make_backends(config.backends, settings.vision_model_dir, triton, triton_infer, shm)
+    backends = make_backends(config.backends_for("vision"), settings.vision_model_dir, triton, triton_infer, shm)
     max_batch = max((m.max_batch_size for m in config.for_domain("vision")), default=32)
     preprocess = DaliPreprocessor(settings.vision_preprocess_device, max_batch=max_batch, threads=settings.vision_preprocess_threads)
     plane = CountingVisionPlane(config, backends, preprocess, settings.vision_model_dir)
@@ -51,7 +51,7 @@ async def main(settings: VisionSettings, catalog: CatalogHolder, keys: KeyRing) 
     def serve(new: Catalog) -> None:
         """A reloaded catalog: new backends are opened before its models are served."""
         try:
-            added = make_backends({n: b for n, b in new.v2.backends.items() if n not in plane.backends}, settings.vision_model_dir, triton, triton_infer, shm)
+            added = make_backends({n: b for n, b in new.v2.backends_for("vision").items() if n not in plane.backends}, settings.vision_model_dir, triton, triton_infer, shm)
             plane.update(new.v2, added)
         except FileNotFoundError as e:
             raise CatalogError(str(e)) from None

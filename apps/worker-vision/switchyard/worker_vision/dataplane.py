@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from switchyard.common.v2.backends import InferBackend
 from switchyard.common.v2.config import Step, V2Config, V2Model
 from switchyard.common.v2.errors import V2Error
 from switchyard.common.v2.local_plane import LocalDataPlane
 from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
-from switchyard.worker_vision.backends import InferBackend
 
 Array = np.ndarray[Any, Any]
 

@@ -17,7 +17,7 @@ class VisionSettings(CommonSettings):
     # Triton's HTTP endpoint (KServe V2 REST); the ``triton`` backends of the V2 models run there.
     triton_url: str = "127.0.0.1:8100"
     triton_timeout_s: float = Field(default=30.0, gt=0)
-    # Triton inputs through shared memory when Triton runs on this host (worker_vision/triton_shm.py):
+    # Triton inputs through shared memory when Triton runs on this host (switchyard.common.v2.triton_shm):
     # slots = requests in flight that can use it (0 turns it off); a slot holds a batch-1 input.
     triton_shm_slots: int = Field(default=16, ge=0, le=1024)
     triton_shm_slot_bytes: int = Field(default=1024 * 1024, ge=4096)

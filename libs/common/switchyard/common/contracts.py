@@ -94,10 +94,74 @@ class VisionInput(_Strict):
         return [base64.b64decode(img) for img in self.images]
 
 
+# Recsys ids are the feature store's entity keys (Int64, dense from 0 in the generated data).
+EntityId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+MAX_RECOMMENDATIONS = 100
+MAX_CANDIDATES = 1000
+
+
+class RecommendationQuery(_Strict):
+    """One user's top ``k``: of ``candidates`` when given, else of what retrieval finds."""
+
+    user_id: EntityId
+    k: Annotated[int, Field(ge=1, le=MAX_RECOMMENDATIONS)] = 10
+    candidates: Annotated[list[EntityId], Field(min_length=1, max_length=MAX_CANDIDATES)] | None = None
+    # Leave out items the user has already interacted with (the feature store's recent history).
+    exclude_seen: bool = True
+
+
+class RecommendationRequest(RecommendationQuery):
+    """``POST /v1/recommendations``."""
+
+    model: Annotated[str, Field(min_length=1, max_length=128)] = "recsys-rank"
+
+
+# retrieved: found by retrieval and ranked; candidate: one of the request's candidates, ranked;
+# popular: the popularity fallback (unknown user), in popularity order.
+Reason = Literal["retrieved", "candidate", "popular"]
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    score: float
+    reason: Reason
+
+
+class Recommendation(BaseModel):
+    """One user's answer. ``fallback``: the user is unknown to the feature store (popularity
+    ranking); ``unknown_items``: candidates the feature store does not know (left out)."""
+
+    user_id: int
+    items: list[RecommendedItem]
+    fallback: bool
+    unknown_items: list[int] = []
+
+
+class RecommendationResponse(Recommendation):
+    model: str
+
+
+RecsysEventType = Literal["view", "click", "purchase"]
+
+
+class RecsysEventCreate(_Strict):
+    """``POST /v1/recsys/events``: one interaction, pushed to the feature store's online views."""
+
+    user_id: EntityId
+    item_id: EntityId
+    event_type: RecsysEventType = "click"
+
+
 class RecsysInput(_Strict):
-    user_id: Annotated[StorableStr, Field(min_length=1, max_length=128)]
-    candidate_item_ids: Annotated[list[Annotated[StorableStr, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=1000)]
-    top_k: Annotated[int, Field(ge=1, le=1000)] = 10
+    """A recsys job: the top ``k`` for each of ``users`` (same candidates and options for all)."""
+
+    users: Annotated[list[EntityId], Field(min_length=1, max_length=1000)]
+    k: Annotated[int, Field(ge=1, le=MAX_RECOMMENDATIONS)] = 10
+    candidates: Annotated[list[EntityId], Field(min_length=1, max_length=MAX_CANDIDATES)] | None = None
+    exclude_seen: bool = True
+
+    def query(self, user_id: int) -> RecommendationQuery:
+        return RecommendationQuery(user_id=user_id, k=self.k, candidates=self.candidates, exclude_seen=self.exclude_seen)
 
 
 class _JobCreateBase(_Strict):
@@ -198,6 +262,13 @@ class Prediction(BaseModel):
     score: float
 
 
+class RecsysRanking(BaseModel):
+    """A recsys job's answers, one per user in request order."""
+
+    recommendations: list[Recommendation]
+    timings: Timings
+
+
 class VisionClassification(BaseModel):
     """One image's top-k, in request order."""
 
@@ -219,7 +290,7 @@ class JobOutcome(BaseModel):
 # ---------------------------------------------------------------- events
 
 
-# progress: {"done": n, "total": m} for batch jobs (vision).
+# progress: {"done": n, "total": m} for batch jobs (vision, recsys).
 EventType = Literal["status", "token", "reset", "result", "error", "progress"]
 
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 OVERHEAD_HEADER: Final = "X-Switchyard-Overhead-Ms"
-# What the vision worker's V2 front end reports to the API (which strips them before answering).
+# What a V2 worker's front end (vision, recsys) reports to the API (which strips them before
+# answering): the model's time, and its items (images classified, items recommended).
 ENGINE_MS_HEADER: Final = "x-switchyard-engine-ms"
 ITEMS_HEADER: Final = "x-switchyard-items"
 
@@ -150,9 +151,15 @@ def endpoint_of(result: dict[str, Any] | None, model_spec: dict[str, Any] | None
 
 
 def items_of(result: dict[str, Any] | None) -> int | None:
-    """Images a vision job classified (one prediction list each)."""
+    """A job's items: the images a vision job classified (one prediction list each), the items a
+    recsys job recommended (all its users' together, as ``/v1/recommendations`` counts them)."""
     predictions = (result or {}).get("predictions")
-    return len(predictions) if isinstance(predictions, list) else None
+    if isinstance(predictions, list):
+        return len(predictions)
+    recommendations = (result or {}).get("recommendations")
+    if isinstance(recommendations, list):
+        return sum(len(r.get("items") or []) for r in recommendations if isinstance(r, dict))
+    return None
 
 
 # ---------------------------------------------------------------- the request id of the work in progress (workers)

@@ -21,6 +21,10 @@ def inference_policy(maximum_interval: timedelta) -> RetryPolicy:
 LLM_RETRY_POLICY: Final[RetryPolicy] = inference_policy(timedelta(seconds=10))
 # Vision batches: a retry resumes after the last finished chunk (heartbeat checkpoint).
 VISION_RETRY_POLICY: Final[RetryPolicy] = inference_policy(timedelta(seconds=5))
+# Recsys batches: the feature store (Redis) being down fails attempts fast (the worker's breaker), so
+# they keep retrying for ~6.5 minutes (1 s doubling to 15 s, 30 attempts) and the job resumes when it is back.
+RECSYS_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=15),
+                                                      maximum_attempts=30, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES)
 
 # Bookkeeping activities (database, event stream) retry quickly and for longer.
 BOOKKEEPING_RETRY_POLICY: Final[RetryPolicy] = RetryPolicy(

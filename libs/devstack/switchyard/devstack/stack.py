@@ -26,6 +26,7 @@ from switchyard.common.keys import DEFAULT_SCOPES
 from switchyard.common.tracing import traces_url
 from switchyard.devstack import keys, models, prometheus
 from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
+from switchyard.devstack.host import host_cpu
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
 
 # Model names of infra/catalog/models.yaml that the launcher and the tests refer to.
@@ -36,8 +37,12 @@ EMBED_MODEL = "smollm2-135m-embed"
 SGLANG_MODEL = "smollm2-135m-instruct-sglang-fake"
 # SmolLM2 again, on a real vLLM (CPU build, own venv: build-support/setup-vllm.sh).
 VLLM_MODEL = "smollm2-135m-instruct-vllm"
+# build-support/setup-recsys.sh's default Feast registry (SWITCHYARD_FEAST_REGISTRY_DSN overrides it there and here).
+FEAST_REGISTRY_DSN = "postgresql+psycopg://postgres@127.0.0.1:5432/switchyard_feast"
 # Processes that load the catalog and reload it on SIGHUP.
-CATALOG_READERS = ("api", "worker-llm", "worker-vision")
+CATALOG_READERS = ("api", "worker-llm", "worker-vision", "worker-recsys")
+# What build-support/setup-recsys.sh writes to the Feast online store once it has loaded it.
+FEAST_MARKER_KEY = "switchyard:recsys:materialized"
 
 
 @dataclass
@@ -62,6 +67,15 @@ class StackConfig:
     triton_metrics_port: int = 8102
     vision_http_port: int = 8110
     vision_grpc_port: int = 8111
+    # Recsys: the recsys worker (its own venv, Feast + the ranker) and its V2 endpoints. None: run it
+    # whenever build-support/setup-recsys.sh has set it up (Feast loaded included); True: required.
+    recsys: bool | None = None
+    recsys_http_port: int = 8120
+    recsys_grpc_port: int = 8121
+    # Feast's online store ("host:port[,db=N]", Feast's format) and registry (SQLAlchemy URL) as the
+    # recsys worker reaches them: a test puts a fault-injecting proxy in front of the Redis.
+    feast_redis: str = field(default_factory=lambda: os.environ.get("SWITCHYARD_FEAST_REDIS", "127.0.0.1:6379"))
+    feast_registry_dsn: str = field(default_factory=lambda: os.environ.get("SWITCHYARD_FEAST_REGISTRY_DSN", FEAST_REGISTRY_DSN))
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     # Each process's own metrics page and its Temporal SDK's page (docs/metrics.md's defaults; 0 =
@@ -69,9 +83,11 @@ class StackConfig:
     api_metrics_port: int = 9101
     worker_llm_metrics_port: int = 9102
     worker_vision_metrics_port: int = 9103
+    worker_recsys_metrics_port: int = 9104
     api_temporal_metrics_port: int = 9111
     worker_llm_temporal_metrics_port: int = 9112
     worker_vision_temporal_metrics_port: int = 9113
+    worker_recsys_temporal_metrics_port: int = 9114
     # The Temporal dev server's own metrics (0: a free port).
     temporal_server_metrics_port: int = 0
     # API processes (SWITCHYARD_API_WORKERS).
@@ -105,9 +121,10 @@ class StackConfig:
         """Free ports everywhere (tests; runs beside a developer's stack)."""
         ports = {k: free_port() for k in ("http_port", "api_port", "engine_port", "gemma_port", "sglang_port", "vllm_port", "temporal_port", "temporal_ui_port",
                                           "grpc_port", "api_grpc_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
-                                          "vision_http_port", "vision_grpc_port", "api_metrics_port", "worker_llm_metrics_port",
-                                          "worker_vision_metrics_port", "api_temporal_metrics_port", "worker_llm_temporal_metrics_port",
-                                          "worker_vision_temporal_metrics_port", "temporal_server_metrics_port", "prometheus_port")}
+                                          "vision_http_port", "vision_grpc_port", "recsys_http_port", "recsys_grpc_port", "api_metrics_port",
+                                          "worker_llm_metrics_port", "worker_vision_metrics_port", "worker_recsys_metrics_port", "api_temporal_metrics_port",
+                                          "worker_llm_temporal_metrics_port", "worker_vision_temporal_metrics_port", "worker_recsys_temporal_metrics_port",
+                                          "temporal_server_metrics_port", "prometheus_port")}
         return cls(state_dir=state_dir, ui=False, prometheus=False, **{**ports, **kw})  # type: ignore[arg-type]
 
 
@@ -122,6 +139,38 @@ def vision_installed() -> bool:
     base = models.cache_dir() / "vision"
     return all((base / p).exists() for p in ("venv/bin/python", "models/efficientnet_lite0.onnx", "models/imagenet_labels.txt",
                                               "model_repository/efficientnet_lite0/config.pbtxt", "backends/python/libtriton_python.so"))
+
+
+def recsys_dirs() -> tuple[Path, Path, Path]:
+    """(venv python, models dir, data dir) as build-support/setup-recsys.sh lays them out."""
+    base = models.cache_dir() / "recsys"
+    return base / "venv" / "bin" / "python", base / "models", base / "data"
+
+
+def recsys_installed(feast_redis: str) -> bool:
+    """What build-support/setup-recsys.sh leaves behind: the venv, the models, and Feast loaded into
+    the online store at ``feast_redis`` (its marker key; --skip-feast leaves none)."""
+    python, model_dir, data_dir = recsys_dirs()
+    files = [python, *(model_dir / f for f in ("ranker.onnx", "retrieval.onnx", "item_embeddings.npy", "popular_items.json")),
+             data_dir / "meta.json"]
+    return all(p.exists() for p in files) and _feast_loaded(feast_redis)
+
+
+def _feast_loaded(feast_redis: str) -> bool:
+    host_port, *opts = feast_redis.split(",")  # Feast's "host:port[,db=N][,password=...]"
+    host, port = host_port.rsplit(":", 1)
+    kw = dict(o.split("=", 1) for o in opts)
+    try:
+        r = redis.Redis(host=host, port=int(port), db=int(kw.get("db", 0)), password=kw.get("password"), socket_connect_timeout=1)
+        return bool(r.exists(FEAST_MARKER_KEY))
+    except redis.RedisError:
+        return False
+
+
+def source_roots() -> list[str]:
+    """This process's first-party import roots (the entries of sys.path with a ``switchyard`` package):
+    a child running another venv's interpreter gets these and nothing of this process's site-packages."""
+    return [os.path.abspath(p) for p in sys.path if p and os.path.isdir(os.path.join(p, "switchyard"))]
 
 
 def find_temporal() -> str:
@@ -331,6 +380,8 @@ class Stack:
                                           env, self._log("engine-gemma"), http_ready(f"http://127.0.0.1:{c.gemma_port}/health"), ready_timeout_s=120)
         if c.vllm:
             python, model_dir = vllm_dirs()
+            cpu = host_cpu()
+            self.notes.append(f"vLLM --dtype {cpu.vllm_dtype()}: {cpu.vllm_dtype_reason()} ({cpu.describe()})")
             env_vllm = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
             env_vllm.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0", VLLM_NO_USAGE_STATS="1",
                             VLLM_CACHE_ROOT=str(c.state_dir / "vllm-cache"))
@@ -340,7 +391,7 @@ class Stack:
                 env_vllm.update(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf", OTEL_SERVICE_NAME="vllm", OTEL_BSP_SCHEDULE_DELAY="500")
             self.procs["vllm"] = Proc("vllm", [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                                                "--served-model-name", LLM_MODEL, "--host", "127.0.0.1", "--port", str(c.vllm_port),
-                                               "--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager",
+                                               "--dtype", cpu.vllm_dtype(), "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager",
                                                "--scheduling-policy", "priority", *trace_vllm],
                                       env_vllm, self._log("vllm"), http_ready(f"http://127.0.0.1:{c.vllm_port}/health"), ready_timeout_s=300)
         self.procs["sglang-fake"] = Proc("sglang-fake", [py, "-m", "switchyard.devstack.fake_sglang", "--port", str(c.sglang_port), "--model-name", SGLANG_MODEL,
@@ -370,6 +421,9 @@ class Stack:
                                                 **self._metrics_env(c.worker_vision_metrics_port, c.worker_vision_temporal_metrics_port)},
                                                self._log("worker-vision"), http_ready(f"http://127.0.0.1:{c.vision_http_port}/v2/health/ready"), ready_timeout_s=120)
             v2_upstreams["vision"] = {"http": f"http://127.0.0.1:{c.vision_http_port}"}
+        if c.recsys:
+            self._define_recsys(env)
+            v2_upstreams["recsys"] = {"http": f"http://127.0.0.1:{c.recsys_http_port}"}
         api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
                    "SWITCHYARD_KEY_PEPPER": self.pepper, "SWITCHYARD_API_WORKERS": str(c.api_workers),
                    **self._metrics_env(c.api_metrics_port, c.api_temporal_metrics_port)}
@@ -378,6 +432,22 @@ class Stack:
         self.procs["nginx"] = Proc("nginx", [find_nginx(), "-c", str(render_nginx(c)), "-p", str(c.state_dir / "nginx"), "-e", str(self._log("nginx-error"))],
                                    dict(os.environ), self._log("nginx"), http_ready(f"http://127.0.0.1:{c.http_port}/healthz"))
         self._define_prometheus()
+
+    def _define_recsys(self, env: dict[str, str]) -> None:
+        """The recsys worker, from the recsys venv (Feast 0.67 needs numpy 2): our source roots only on
+        its PYTHONPATH, never this process's site-packages (numpy 1.26)."""
+        c = self.cfg
+        python, model_dir, data_dir = recsys_dirs()
+        env_recsys = {**env, "PYTHONPATH": os.pathsep.join(source_roots()), "FEAST_USAGE": "False",
+                      "SWITCHYARD_CACHE_DIR": str(models.cache_dir()),
+                      "SWITCHYARD_FEAST_REPO": str(find_repo_file("infra/feast")), "SWITCHYARD_FEAST_REGISTRY_DSN": c.feast_registry_dsn,
+                      "SWITCHYARD_FEAST_REDIS": c.feast_redis, "SWITCHYARD_RECSYS_DATA": str(data_dir), "SWITCHYARD_RECSYS_MODEL_DIR": str(model_dir),
+                      "SWITCHYARD_TRITON_URL": f"127.0.0.1:{c.triton_http_port}",
+                      "SWITCHYARD_RECSYS_HTTP_PORT": str(c.recsys_http_port), "SWITCHYARD_RECSYS_GRPC_PORT": str(c.recsys_grpc_port),
+                      **self._metrics_env(c.worker_recsys_metrics_port, c.worker_recsys_temporal_metrics_port)}
+        # Importing Feast and reading the registry take 5-10 s on 2 busy cores.
+        self.procs["worker-recsys"] = Proc("worker-recsys", [str(python), "-m", "switchyard.worker_recsys"], env_recsys, self._log("worker-recsys"),
+                                           http_ready(f"http://127.0.0.1:{c.recsys_http_port}/v2/health/ready"), ready_timeout_s=180)
 
     @staticmethod
     def _metrics_env(port: int, temporal_port: int) -> dict[str, str]:
@@ -396,6 +466,8 @@ class Stack:
                     ("worker-llm", c.worker_llm_metrics_port, [c.worker_llm_temporal_metrics_port] if c.worker_llm_temporal_metrics_port else [])]
         if c.vision:
             services.append(("worker-vision", c.worker_vision_metrics_port, [c.worker_vision_temporal_metrics_port] if c.worker_vision_temporal_metrics_port else []))
+        if c.recsys:
+            services.append(("worker-recsys", c.worker_recsys_metrics_port, [c.worker_recsys_temporal_metrics_port] if c.worker_recsys_temporal_metrics_port else []))
         groups: dict[str, list[dict[str, object]]] = {name: [prometheus.target(local(port), service=name)] if port else [] for name, port, _ in services}
         groups["temporal-sdk"] = [prometheus.target(local(p), service=name) for name, _, sdk in services for p in sdk]
         engines = [c.engine_port, c.gemma_port, c.sglang_port] + ([c.vllm_port] if c.vllm else [])
@@ -438,6 +510,11 @@ class Stack:
             c.vision = vision_installed()
         elif c.vision and not vision_installed():
             raise StartError(f"vision is not set up under {models.cache_dir() / 'vision'}: run build-support/setup-vision.sh (./switchyard setup does)")
+        if c.recsys is None:
+            c.recsys = recsys_installed(c.feast_redis)
+        elif c.recsys and not recsys_installed(c.feast_redis):
+            raise StartError(f"recsys is not set up under {models.cache_dir() / 'recsys'} or Feast is not loaded into {c.feast_redis}: "
+                             "run build-support/setup-recsys.sh (./switchyard setup does)")
         upgrade(c.postgres_dsn)
         keys.write_private(c.state_dir / keys.DSN_FILE, c.postgres_dsn)  # for `./switchyard keys`
         self.pepper = keys.ensure_pepper(c.state_dir)
@@ -447,7 +524,7 @@ class Stack:
         self._define()
         try:
             # vLLM takes ~30 s to load: it starts first and is waited for last.
-            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "api"), ("nginx", "prometheus"), ("vllm",)]
+            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "worker-recsys", "api"), ("nginx", "prometheus"), ("vllm",)]
             started: set[str] = set()
             for wave in waves:
                 for name in wave:
@@ -504,12 +581,15 @@ class Stack:
             ("Triton (vision)", f"http://127.0.0.1:{c.triton_http_port}  gRPC 127.0.0.1:{c.triton_grpc_port}" if c.vision
              else "not installed (build-support/setup-vision.sh)"),
             ("vision worker (V2)", f"http://127.0.0.1:{c.vision_http_port}  gRPC 127.0.0.1:{c.vision_grpc_port}" if c.vision else "-"),
+            ("recsys worker (V2)", f"http://127.0.0.1:{c.recsys_http_port}  gRPC 127.0.0.1:{c.recsys_grpc_port}  Feast: Redis {c.feast_redis}" if c.recsys
+             else "not set up (build-support/setup-recsys.sh)"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("Prometheus", f"http://127.0.0.1:{c.prometheus_port}  (targets: {self.prometheus_dir / 'targets'})" if "prometheus" in self.procs
              else f"not started (scrape targets: {self.prometheus_dir / 'targets'})"),
-            ("metrics pages", f"API :{c.api_metrics_port}, worker-llm :{c.worker_llm_metrics_port}, worker-vision :{c.worker_vision_metrics_port}; "
-                              f"Temporal SDK :{c.api_temporal_metrics_port}, :{c.worker_llm_temporal_metrics_port}, :{c.worker_vision_temporal_metrics_port}"),
+            ("metrics pages", f"API :{c.api_metrics_port}, worker-llm :{c.worker_llm_metrics_port}, worker-vision :{c.worker_vision_metrics_port}, "
+                              f"worker-recsys :{c.worker_recsys_metrics_port}; Temporal SDK :{c.api_temporal_metrics_port}, :{c.worker_llm_temporal_metrics_port}, "
+                              f":{c.worker_vision_temporal_metrics_port}, :{c.worker_recsys_temporal_metrics_port}"),
             ("logs", str(c.state_dir / "logs")),
             ("dev key (all scopes)", f"{self._dev_key}  (in {c.state_dir / keys.DEV_KEY_FILE})" if self._dev_key else "-"),
             ("payload encryption key", f"id {self.payload_env['SWITCHYARD_PAYLOAD_KEY_ID']}  (in {c.state_dir / keys.PAYLOAD_KEYS_FILE})"

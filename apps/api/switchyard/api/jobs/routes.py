@@ -19,11 +19,14 @@ from switchyard.api.jobs.service import accept_job, cancel_job, find_model, head
 from switchyard.api.jobs.views import JobAccepted, JobPage, JobView
 from switchyard.api.limits import admit_job, llm_cost
 from switchyard.api.privacy import screen_llm_input, stored_metadata
-from switchyard.common.contracts import JobCreate, JobStatus, LlmInput, VisionInput
+from switchyard.common.contracts import JobCreate, JobStatus, LlmInput, RecsysInput, VisionInput
 from switchyard.common.db.models import Job
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import capped_priority
 from switchyard.common.request_log import PARAM_KEYS, safe_params
+
+# The model kind each V2 job domain needs (LLM jobs: any LLM model).
+KINDS = {"vision": "classifier", "recsys": "ranker"}
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require("jobs"))])
 
@@ -38,8 +41,9 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     x_priority: Annotated[str | None, Header()] = None,
 ) -> JobAccepted:
-    # Vision jobs send images: the model must be an image classifier (switchyard.common.v2.config).
-    model = find_model(res, job.model, job.domain, "classifier" if job.domain == "vision" else None)
+    # Vision jobs send images: the model must be an image classifier; recsys jobs users: a ranker
+    # (switchyard.common.v2.config).
+    model = find_model(res, job.model, job.domain, KINDS.get(job.domain))
     # LLM text goes through the model's PII policy: the engine gets `inp`, the row `stored_input`.
     inp, stored_input = job.input.model_dump(mode="json"), None
     if isinstance(model, ModelEntry):
@@ -64,6 +68,9 @@ async def submit_job(
     rec.params = safe_params(job.input.model_dump(include=set(PARAM_KEYS) | {"stop"}))
     if isinstance(job.input, VisionInput):
         rec.items = len(job.input.images)
+    elif isinstance(job.input, RecsysInput):
+        rec.params = {"users": len(job.input.users), "k": job.input.k, "exclude_seen": job.input.exclude_seen,
+                      "candidates": len(job.input.candidates) if job.input.candidates is not None else 0}
     links = JobView.of(row, res.payload_keys, caller).links
     response.headers["Location"] = links.self
     if not created:

@@ -54,7 +54,7 @@ async def usage(
     model: Annotated[str | None, Query(max_length=128)] = None,
     tenant: Annotated[str | None, Query(max_length=64, description="admin keys only")] = None,
 ) -> UsageReport:
-    """Per tenant and model in [start, end): requests, prompt/completion/total tokens, items (images)."""
+    """Per tenant and model in [start, end): requests, prompt/completion/total tokens, items (images classified, items recommended)."""
     end = _aware(end, "end") if end is not None else dt.datetime.now(dt.UTC)
     start = _aware(start, "start") if start is not None else end - DEFAULT_WINDOW
     if start >= end:

@@ -38,8 +38,9 @@ from switchyard.common.v2.errors import V2Error, error_message
 from switchyard.common.v2.grpc_codec import parse_message
 from switchyard.common.v2.statistics import StatisticsResponse
 
-# Headers of a V2 answer that travel back to the client.
-PASS_HEADERS = ("content-type", "inference-header-content-length")
+# Headers of a V2 answer that travel back to the client (Retry-After: a worker's 503, e.g. recsys
+# with its feature store down).
+PASS_HEADERS = ("content-type", "inference-header-content-length", "retry-after")
 
 
 @dataclass

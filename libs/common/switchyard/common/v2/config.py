@@ -23,6 +23,12 @@ OPS: dict[str, tuple[int, int | None, int]] = {
     "infer": (1, 1, 1),  # a backend model: tensor → tensor
     "average_probs": (2, None, 1),  # softmax of each input, averaged (model ensembles)
     "topk": (1, 1, 2),  # logits/probabilities → labels (BYTES [N, k]), scores (FP32 [N, k])
+    # recsys (worker-recsys): user_id INT64 [1] and optional candidates INT64 [1, C] → ranker
+    # features FP32 [M, F], their item_ids INT64 [M], reasons BYTES [M], unknown_items INT64 [1, U]
+    "features": (1, 2, 4),
+    # ranker scores [M, 1], item_ids [M], reasons [M] → the k best: item_ids INT64 [1, k],
+    # scores FP32 [1, k], reasons BYTES [1, k] (k from the request parameter k or the model's)
+    "rank": (3, 3, 3),
 }
 
 
@@ -47,6 +53,8 @@ class InputSpec(TensorSpec):
     # Image layout of a [batch, 3 dims] input, as Triton's model configuration states it (clients
     # such as Triton's image_client read it to lay out pixels).
     format: Literal["NONE", "NCHW", "NHWC"] = "NONE"
+    # A request may leave it out (Triton's ``optional`` input), e.g. recsys candidates.
+    optional: bool = False
 
     @model_validator(mode="after")
     def _format(self) -> InputSpec:
@@ -179,7 +187,8 @@ class V2Model(_Strict):
         """Triton's model configuration (the model_configuration extension; REST body, gRPC
         ``ModelConfig`` has the same fields). Dimensions leave out the batch dimension, as Triton's do."""
         return {"name": self.name, "platform": self.platform, "backend": "", "max_batch_size": self.max_batch_size,
-                "input": [{"name": t.name, "data_type": triton_type(t.datatype), "format": f"FORMAT_{t.format}", "dims": t.shape[1:]} for t in self.inputs],
+                "input": [{"name": t.name, "data_type": triton_type(t.datatype), "format": f"FORMAT_{t.format}", "dims": t.shape[1:],
+                           "optional": t.optional} for t in self.inputs],
                 "output": [{"name": t.name, "data_type": triton_type(t.datatype), "dims": t.shape[1:], "label_filename": t.labels or ""} for t in self.outputs]}
 
 
@@ -209,3 +218,9 @@ class V2Config(_Strict):
 
     def for_domain(self, domain: str) -> list[V2Model]:
         return [m for m in self.models if m.domain == domain]
+
+    def backends_for(self, domain: str) -> dict[str, Backend]:
+        """The backends the domain's models use: what its worker opens (another domain's model files
+        are not on its disk)."""
+        used = {s.backend for m in self.for_domain(domain) for s in m.steps if s.backend}
+        return {n: b for n, b in self.backends.items() if n in used}

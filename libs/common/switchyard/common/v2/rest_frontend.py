@@ -12,7 +12,7 @@ Routes (``endpoints``): ``/v2`` (server metadata), ``/v2/health/{live,ready}``, 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.common import tracing
@@ -163,11 +163,13 @@ class V2FastPath:
         await self._asgi(scope, receive, send)
 
 
-def create_app(plane: DataPlane, max_bytes: int, tunnel: TunnelHandler | None = None) -> ASGIApp:
+def create_app(plane: DataPlane, max_bytes: int, tunnel: TunnelHandler | None = None, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
     """A standalone V2 REST server (a worker's) on ``plane``; with traces on (set up before), a
-    SERVER span per request continuing the API's ``traceparent``."""
+    SERVER span per request continuing the API's ``traceparent``. ``extra_routes``: the worker's
+    own routes beside V2's (e.g. the recsys worker's ``/recsys/events``)."""
 
     async def infer(_: Scope, model: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         return await plane.infer_rest(model, version, body, headers)
 
-    return tracing.traced_asgi(infer_fast_path(Starlette(routes=routes(lambda _: plane)), infer, max_bytes, tunnel, report_compute=True))
+    app = Starlette(routes=[*routes(lambda _: plane), *extra_routes])
+    return tracing.traced_asgi(infer_fast_path(app, infer, max_bytes, tunnel, report_compute=True))

@@ -2,7 +2,8 @@
 
 ``TritonBackend`` calls a model on Triton Inference Server (KServe V2 over HTTP, binary tensors, via
 the official ``tritonclient``); ``OnnxRuntimeBackend`` runs the same ONNX file in this process.
-Either can sit behind any ``infer`` step of a V2 model (see switchyard.common.v2.config).
+Either can sit behind any ``infer`` step of a V2 model (see switchyard.common.v2.config); the vision
+and recsys workers open the backends of their domain's models with ``make_backends``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from switchyard.common import tracing
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import Backend
 from switchyard.common.v2.errors import V2Error, error_message
-from switchyard.worker_vision.triton_shm import ShmPool
+from switchyard.common.v2.triton_shm import ShmPool
 
 
 class InferBackend(Protocol):
@@ -112,8 +113,12 @@ class TritonBackend:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, name: str, path: Path, threads: int = 2) -> None:
+    """``inline``: run on the event loop instead of a thread, for models that take well under a
+    millisecond (the recsys ranker), where the hand-off to a thread and back costs more than the model."""
+
+    def __init__(self, name: str, path: Path, threads: int = 2, inline: bool = False) -> None:
         self.name = name
+        self.inline = inline
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -124,8 +129,10 @@ class OnnxRuntimeBackend:
     async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         with tracing.internal_span(f"onnxruntime {self.name}", {"switchyard.engine": "onnxruntime", "switchyard.backend": self.name,
                                                                 "switchyard.batch": int(batch.shape[0])}):
-            # onnxruntime releases the GIL: run it beside the event loop.
-            (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
+            if self.inline:
+                (out,) = self._session.run([self._out], {self._in: batch})
+            else:  # onnxruntime releases the GIL: run it beside the event loop
+                (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
         return np.asarray(out)
 
     async def ready(self) -> bool:
@@ -136,7 +143,7 @@ class OnnxRuntimeBackend:
 
 
 def make_backends(backends: dict[str, Backend], model_dir: Path, triton: triton_http.InferenceServerClient, http: Http1Client,
-                  shm: ShmPool | None = None) -> dict[str, InferBackend]:
+                  shm: ShmPool | None = None, *, onnx_threads: int = 2, onnx_inline: bool = False) -> dict[str, InferBackend]:
     out: dict[str, InferBackend] = {}
     for name, b in backends.items():
         if b.engine == "triton":
@@ -144,6 +151,6 @@ def make_backends(backends: dict[str, Backend], model_dir: Path, triton: triton_
         else:
             path = model_dir / b.model
             if not path.exists():
-                raise FileNotFoundError(f"backend {name}: {path} not found (run build-support/setup-vision.sh)")
-            out[name] = OnnxRuntimeBackend(name, path)
+                raise FileNotFoundError(f"backend {name}: {path} not found (the domain's build-support/setup-<domain>.sh builds it; ./switchyard setup runs them all)")
+            out[name] = OnnxRuntimeBackend(name, path, onnx_threads, onnx_inline)
     return out

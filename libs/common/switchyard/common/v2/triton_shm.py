@@ -1,7 +1,7 @@
 """Input tensors for Triton through POSIX shared memory (Triton's system shared memory extension).
 
-A batch-1 EfficientNet input is 600 KB of FP32; sent as an HTTP body it costs the worker ~0.7 ms per
-request on this machine (docs/vision.md). When Triton runs beside the worker (same host, or the
+A batch-1 EfficientNet input is 600 KB of FP32; sent as an HTTP body it costs the vision worker ~0.7 ms
+per request on this machine (docs/vision.md). When Triton runs beside the worker (same host, or the
 same pod with a shared ``/dev/shm``), the worker writes the tensor into a region Triton has mapped
 and sends only its name and offset. One region per worker, cut into fixed slots, one per request in
 flight; a tensor that does not fit a slot, or a request arriving while every slot is taken, goes as
@@ -20,7 +20,7 @@ import numpy as np
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException
 
-log = logging.getLogger("switchyard.worker_vision")
+log = logging.getLogger("switchyard.v2")
 
 
 class ShmPool:

@@ -1,0 +1,24 @@
+"""``RecsysJob``: recommendations for a batch of users, retried by Temporal, recorded when it ends."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from datetime import timedelta
+
+    from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus, RecsysRanking
+    from switchyard.common.jobflow import run_job
+    from switchyard.common.retry import RECSYS_RETRY_POLICY
+
+
+def _succeeded(spec: JobSpec, res: RecsysRanking) -> JobOutcome:
+    return JobOutcome(job_id=spec.job_id, status=JobStatus.succeeded, result={"recommendations": res.model_dump()["recommendations"]}, timings=res.timings)
+
+
+@workflow.defn(name="RecsysJob")
+class RecsysJobWorkflow:
+    @workflow.run
+    async def run(self, spec: JobSpec) -> JobOutcome:
+        return await run_job(spec, "recsys.rank", RecsysRanking, lambda res: _succeeded(spec, res),
+                             retry_policy=RECSYS_RETRY_POLICY, timeout=timedelta(minutes=10))
