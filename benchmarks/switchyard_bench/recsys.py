@@ -17,7 +17,6 @@ venv process (what the worker does per request), and the feature server's HTTP r
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -31,8 +30,10 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+import uvloop
 
 from switchyard.common.contracts import RecommendationQuery
+from switchyard.common.http1 import Http1Client
 from switchyard.common.recsys import from_v2_json, v2_json
 from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
@@ -42,7 +43,7 @@ from switchyard_bench.stats import RESULTS, cpu_model, pct
 from switchyard_bench.vision import open_loop
 
 ROUNDS = 400
-RATES_RPS = (50, 100)
+RATES_RPS = (50, 100, 150)
 RATE_SECONDS = 15
 K, N_CANDIDATES = 10, 100
 MODEL = "recsys-rank"
@@ -51,6 +52,7 @@ USER_VIEWS = ["user_features:events_7d", "user_features:events_30d", "user_featu
               "user_embedding:embedding", "user_history:recent_items"]
 ITEM_FEATURES = ["category", "age_days", "pop_1d", "pop_7d", "pop_30d"]
 Ids = list[int]
+JSON = {"Content-Type": "application/json"}
 
 
 def queries(n: int, n_users: int, popular: list[int], seed: int = 13) -> list[RecommendationQuery]:
@@ -124,10 +126,10 @@ class Baseline:
         self.feast_ms.append((time.perf_counter() - t0) * 1000)
         return self.rank(q, self.columns_of(r.json()))
 
-    async def call_async(self, http: httpx.AsyncClient, q: RecommendationQuery) -> Ids:
-        r = await http.post("/get-online-features", json=self.user_body(q.user_id))
-        r.raise_for_status()
-        return self.rank(q, self.columns_of(r.json()))
+    async def call_async(self, http: Http1Client, q: RecommendationQuery) -> Ids:
+        r = await http.request("POST", "/get-online-features", json.dumps(self.user_body(q.user_id)).encode(), JSON)
+        assert r.status == 200, r.body[:200]
+        return self.rank(q, self.columns_of(json.loads(r.body)))
 
 
 def via_api(http: httpx.Client) -> Callable[[RecommendationQuery], Ids]:
@@ -164,32 +166,50 @@ def interleaved(probes: dict[str, Callable[[RecommendationQuery], Ids]], qs: lis
     return ms
 
 
-def rate(send: Callable[[httpx.AsyncClient, RecommendationQuery], Awaitable[Any]], base_url: str, qs: list[RecommendationQuery], rps: int,
-         headers: dict[str, str] | None = None) -> tuple[list[float], float, int]:
-    """Open loop at ``rps``; (latencies ms, seconds, errors)."""
+def via_nginx_v2(http: httpx.Client) -> Callable[[RecommendationQuery], Ids]:
+    def call(q: RecommendationQuery) -> Ids:
+        r = http.post(f"/v2/models/{MODEL}/infer", json=v2_json(q))
+        r.raise_for_status()
+        return [i.item_id for i in from_v2_json(q.user_id, r.json()).items]
+
+    return call
+
+
+Send = Callable[[Http1Client, RecommendationQuery], Awaitable[Any]]
+
+
+def rate(send: Send, base_url: str, qs: list[RecommendationQuery], rps: int) -> tuple[list[float], float, int]:
+    """Open loop at ``rps``; (latencies ms, seconds, errors). The load generator shares the 2 cores:
+    it uses the platform's lean HTTP/1.1 client (switchyard.common.http1) on uvloop, bodies encoded
+    in advance. httpx's AsyncClient costs so much CPU per request that at 100 req/s the generator
+    itself queued requests for seconds (measured: p50 4.7 s against a worker that was 74 % idle)."""
     async def go() -> tuple[list[float], float, int]:
         errors = 0
         it = iter(qs * (1 + rps * RATE_SECONDS // len(qs)))
-        async with httpx.AsyncClient(base_url=base_url, timeout=30, headers=headers, limits=httpx.Limits(max_connections=256)) as http:
-            async def one() -> None:
-                nonlocal errors
-                try:
-                    await send(http, next(it))
-                except (httpx.HTTPError, AssertionError):
-                    errors += 1
+        http = Http1Client.for_url(base_url, timeout_s=30)
 
+        async def one() -> None:
+            nonlocal errors
+            try:
+                await send(http, next(it))
+            except (OSError, AssertionError):
+                errors += 1
+
+        try:
             ms, secs = await open_loop(one, rps, RATE_SECONDS)
+        finally:
+            await http.close()
         return ms, secs, errors
 
-    return asyncio.run(go())
+    return uvloop.run(go())
 
 
-async def _post_api(http: httpx.AsyncClient, q: RecommendationQuery) -> None:
-    (await http.post("/v1/recommendations", json=q.model_dump())).raise_for_status()
+def _poster(path: str, encode: Callable[[RecommendationQuery], bytes], headers: dict[str, str]) -> Send:
+    async def send(http: Http1Client, q: RecommendationQuery) -> None:
+        r = await http.request("POST", path, encode(q), headers)
+        assert r.status == 200, r.body[:200]
 
-
-async def _post_worker(http: httpx.AsyncClient, q: RecommendationQuery) -> None:
-    (await http.post(f"/v2/models/{MODEL}/infer", json=v2_json(q))).raise_for_status()
+    return send
 
 
 # Feast's async read of one user's three views, as the worker does it, timed in the recsys venv.
@@ -266,8 +286,10 @@ def run(stack: Stack) -> None:
         baseline = Baseline(feast_url, models)
         api = httpx.Client(base_url=stack.ingress, timeout=30, headers={"Authorization": f"Bearer {stack.dev_key}"})
         worker = httpx.Client(base_url=f"http://127.0.0.1:{stack.cfg.recsys_http_port}", timeout=30)
-        names = {"api": "via Nginx + API (/v1/recommendations)", "worker": "recsys worker direct (V2 REST)", "baseline": "baseline: feast serve + model in client"}
-        probes: dict[str, Callable[[RecommendationQuery], Ids]] = {names["api"]: via_api(api), names["worker"]: via_worker(worker), names["baseline"]: baseline}
+        names = {"api": "via Nginx + API (/v1/recommendations)", "v2": "via Nginx + API (V2 REST /v2/models/recsys-rank/infer)",
+                 "worker": "recsys worker direct (V2 REST)", "baseline": "baseline: feast serve + model in client"}
+        probes: dict[str, Callable[[RecommendationQuery], Ids]] = {names["api"]: via_api(api), names["v2"]: via_nginx_v2(api),
+                                                                    names["worker"]: via_worker(worker), names["baseline"]: baseline}
         qs = queries(ROUNDS + 30, n_users, popular)
         for q in qs[:20]:
             answers = {name: fn(q) for name, fn in probes.items()}
@@ -276,20 +298,27 @@ def run(stack: Stack) -> None:
         ms = interleaved(probes, qs)
         rows: list[dict[str, Any]] = [{"name": f"{name}, conc 1", "n": len(v), **summary(v)} for name, v in ms.items()]
         diffs = []
-        for a, b in (("api", "worker"), ("api", "baseline"), ("baseline", "worker")):
+        for a, b in (("api", "worker"), ("v2", "worker"), ("api", "baseline"), ("v2", "baseline"), ("baseline", "worker")):
             med, lo, hi = median_ci([x - y for x, y in zip(ms[names[a]], ms[names[b]], strict=True)])
             diffs.append({"name": f"{a} − {b}", "median_ms": round(med, 2), "ci95_ms": [round(lo, 2), round(hi, 2)]})
         feast = [{"name": "Feast async read in process (3 user views, 1 user; the worker's read)", "n": len(feast_inproc), **summary(feast_inproc)},
                  {"name": "feast serve HTTP read (same views; inside the baseline's rows)", "n": ROUNDS, **summary(baseline.feast_ms[-ROUNDS:])}]
 
-        async def send_baseline(http: httpx.AsyncClient, q: RecommendationQuery) -> None:
+        async def send_baseline(http: Http1Client, q: RecommendationQuery) -> None:
             await baseline.call_async(http, q)
 
+        auth = {**JSON, "Authorization": f"Bearer {stack.dev_key}"}
+        v2_body: Callable[[RecommendationQuery], bytes] = lambda q: json.dumps(v2_json(q)).encode()  # noqa: E731
+        targets: list[tuple[str, Send, str]] = [
+            (names["baseline"], send_baseline, feast_url),
+            (names["worker"], _poster(f"/v2/models/{MODEL}/infer", v2_body, JSON), str(worker.base_url)),
+            (names["v2"], _poster(f"/v2/models/{MODEL}/infer", v2_body, auth), stack.ingress),
+            (names["api"], _poster("/v1/recommendations", lambda q: q.model_dump_json().encode(), auth), stack.ingress),
+        ]
         open_rows = []
         for rps in RATES_RPS:
-            for name, send, url, headers in ((names["baseline"], send_baseline, feast_url, None), (names["worker"], _post_worker, worker.base_url, None),
-                                             (names["api"], _post_api, stack.ingress, api.headers)):
-                lat, secs, errors = rate(send, str(url), qs, rps, dict(headers) if headers else None)
+            for name, send, url in targets:
+                lat, secs, errors = rate(send, url, qs, rps)
                 open_rows.append({"name": f"{name}, {rps} req/s open loop", "rate": rps, "n": len(lat), "errors": errors, **summary(lat),
                                   "achieved_rps": round(len(lat) / secs, 1), "p99_under_50ms": pct(lat, 99) < 50})
     finally:

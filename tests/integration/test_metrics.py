@@ -30,7 +30,7 @@ from switchyard.devstack.stack import EMBED_MODEL, LLM_MODEL, Stack, find_repo_f
 
 V2_MODEL = "vision-classify"
 # The scrape jobs of infra/prometheus/prometheus.yml the test stack has targets for (no GPU here: no dcgm).
-JOBS = {"api", "worker-llm", "worker-vision", "temporal-sdk", "engines", "triton", "temporal-server"}
+JOBS = {"api", "worker-llm", "worker-vision", "worker-recsys", "temporal-sdk", "engines", "triton", "temporal-server"}
 
 # Panel queries that return no series on this stack, and why (each is checked on synthetic series
 # by the promtool unit tests instead, or needs what the test stack does not run).
@@ -41,8 +41,6 @@ NO_SERIES_HERE: dict[str, str] = {
     "switchyard_gpu_utilization": "per-GPU NVML series exist only with a GPU",
     "vllm:": "vLLM runs in the test stack only when build-support/setup-vllm.sh installed it and the stack enables it",
     "sglang:": "SGLang needs CUDA; the fake serves only a few of its names",
-    'domain="recsys"': "the recsys domain has no worker yet (its issue comes later)",
-    'family="recsys"': "the recsys domain has no routes yet (its issue comes later)",
     "dcgm": "dcgm-exporter needs an NVIDIA GPU and driver (recording rule over DCGM_FI_DEV_*)",
     "switchyard_request_errors": "server errors (5xx): none on a healthy stack; the alert unit tests cover them on synthetic series",
     "_failed_total": "Temporal's failure counters appear after a failure; this module makes none",
@@ -97,13 +95,16 @@ def prom(stack: Stack) -> Iterator[Prom]:
 
 @pytest.fixture(scope="module")
 def traffic(stack: Stack, client: JobClient, oai: openai.OpenAI, auth: dict[str, str]) -> None:
-    """One of each: an LLM job, a vision job, a V2 infer (realtime lane), an OpenAI chat completion,
-    an embedding, a client error (an unknown job: 404)."""
+    """One of each: an LLM job, a vision job, a recsys job, a V2 infer (realtime lane), a
+    recommendation, an OpenAI chat completion, an embedding, a client error (an unknown job: 404)."""
     job, _ = client.run(llm_job("Say hi.", max_tokens=4))
     assert job["status"] == "succeeded", job
     image = sample_images()["china"]
     job, _ = client.run({"domain": "vision", "model": V2_MODEL, "input": {"images": [base64.b64encode(image).decode()]}})
     assert job["status"] == "succeeded", job
+    job, _ = client.run({"domain": "recsys", "model": "recsys-rank", "input": {"users": [1, 2], "k": 5}})
+    assert job["status"] == "succeeded", job
+    assert client.http.post("/v1/recommendations", json={"user_id": 3, "k": 5}).status_code == 200
     v2 = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.http_port}", network_timeout=60)
     inp = httpclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
@@ -176,7 +177,7 @@ def test_every_dashboard_panel_query_parses_and_returns_series(prom: Prom, traff
 def test_each_process_exports_the_contract_names(prom: Prom, traffic: None) -> None:
     contract = contract_metrics(find_repo_file("docs/metrics.md").read_text())
     exported: dict[str, set[str]] = {}
-    for job in ("api", "worker-llm", "worker-vision"):
+    for job in ("api", "worker-llm", "worker-vision", "worker-recsys"):
         exported[job] = {s["__name__"] for s in series(prom, f'{{job="{job}"}}') if s["__name__"].startswith("switchyard_")}
         assert unknown_metrics(exported[job], contract) == set(), f"{job} exports names docs/metrics.md does not declare"
     ours = {n for names in exported.values() for n in names}
