@@ -124,7 +124,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[None]]:
     return dependency
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:  # async: no thread-pool hop (see deps._resources)
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):  # a route outside an authenticated router: a bug
         raise RuntimeError(f"{request.url.path} has no authenticated caller")

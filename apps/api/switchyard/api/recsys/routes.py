@@ -68,8 +68,6 @@ router = APIRouter(prefix="/v1", tags=["recsys"], dependencies=[Depends(require(
 
 
 def _resources(request: Request) -> Resources:
-    # Read here, not through deps.Res: a sync dependency costs a thread-pool hop (~0.1-1 ms) per
-    # request, and this is the realtime lane.
     return request.app.state.resources  # type: ignore[no-any-return]
 
 
