@@ -9,7 +9,10 @@ client is the cheapest baseline there is (no extra service hop of its own): Swit
 against it is an upper bound. Its answers are checked equal to the worker's before timing.
 
 Concurrency 1: each round sends the same request (a user, 100 candidates) to every target in a
-shuffled order; differences are paired per round (median, bootstrap 95 % CI). Open loop at 50 and
+shuffled order; differences are paired per round (median, bootstrap 95 % CI). The targets include
+the API without Nginx, so the hops are apart: Nginx (via Nginx − API direct), the API and its hop
+to the worker (API direct − worker), and the API's own reported time (X-Switchyard-Overhead-Ms).
+Every target is called with the same lean HTTP/1.1 client, and only the exchange is timed. Open loop at 50 and
 100 req/s: requests start on schedule whatever the answers (latency from the scheduled start).
 Feast's read cost is stated separately: the user's three views with Feast's async API in a recsys
 venv process (what the worker does per request), and the feature server's HTTP read (the baseline's).
@@ -35,6 +38,7 @@ import uvloop
 from switchyard.common.contracts import RecommendationQuery
 from switchyard.common.http1 import Http1Client
 from switchyard.common.recsys import from_v2_json, v2_json
+from switchyard.common.request_log import OVERHEAD_HEADER
 from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import Stack
@@ -43,7 +47,7 @@ from switchyard_bench.stats import RESULTS, cpu_model, pct
 from switchyard_bench.vision import open_loop
 
 ROUNDS = 400
-RATES_RPS = (50, 100, 150)
+RATES_RPS = (50, 100, 200, 400)
 RATE_SECONDS = 15
 K, N_CANDIDATES = 10, 100
 MODEL = "recsys-rank"
@@ -119,60 +123,79 @@ class Baseline:
         scores = self.ranker.run(["score"], {"features": x})[0].reshape(-1)
         return [int(i) for i in cands[np.argsort(-scores, kind="stable")[: q.k]]]
 
-    def __call__(self, q: RecommendationQuery) -> Ids:
-        t0 = time.perf_counter()
-        r = self.http.post("/get-online-features", json=self.user_body(q.user_id))
-        r.raise_for_status()
-        self.feast_ms.append((time.perf_counter() - t0) * 1000)
-        return self.rank(q, self.columns_of(r.json()))
-
     async def call_async(self, http: Http1Client, q: RecommendationQuery) -> Ids:
+        t0 = time.perf_counter()
         r = await http.request("POST", "/get-online-features", json.dumps(self.user_body(q.user_id)).encode(), JSON)
+        self.feast_ms.append((time.perf_counter() - t0) * 1000)
         assert r.status == 200, r.body[:200]
         return self.rank(q, self.columns_of(json.loads(r.body)))
 
 
-def via_api(http: httpx.Client) -> Callable[[RecommendationQuery], Ids]:
-    def call(q: RecommendationQuery) -> Ids:
-        r = http.post("/v1/recommendations", json=q.model_dump())
-        r.raise_for_status()
-        return [i["item_id"] for i in r.json()["items"]]
+# A probe sends one round's request and returns the ms of its HTTP exchange (the baseline's: its whole
+# work), the answer's item ids (checked equal across probes, outside the timing) and, for the API,
+# the time it reports as its own (X-Switchyard-Overhead-Ms: its time minus the worker's).
+Probe = Callable[[RecommendationQuery], Awaitable[tuple[float, Ids, float | None]]]
+
+
+def v2_probe(http: Http1Client, headers: dict[str, str]) -> Probe:
+    async def call(q: RecommendationQuery) -> tuple[float, Ids, float | None]:
+        body = json.dumps(v2_json(q)).encode()
+        t0 = time.perf_counter()
+        r = await http.request("POST", f"/v2/models/{MODEL}/infer", body, headers)
+        ms = (time.perf_counter() - t0) * 1000
+        assert r.status == 200, r.body[:200]
+        return ms, [i.item_id for i in from_v2_json(q.user_id, json.loads(r.body)).items], _overhead(r.headers)
 
     return call
 
 
-def via_worker(http: httpx.Client) -> Callable[[RecommendationQuery], Ids]:
-    def call(q: RecommendationQuery) -> Ids:
-        r = http.post(f"/v2/models/{MODEL}/infer", json=v2_json(q))
-        r.raise_for_status()
-        return [i.item_id for i in from_v2_json(q.user_id, r.json()).items]
+def v1_probe(http: Http1Client, headers: dict[str, str]) -> Probe:
+    async def call(q: RecommendationQuery) -> tuple[float, Ids, float | None]:
+        body = q.model_dump_json().encode()
+        t0 = time.perf_counter()
+        r = await http.request("POST", "/v1/recommendations", body, headers)
+        ms = (time.perf_counter() - t0) * 1000
+        assert r.status == 200, r.body[:200]
+        return ms, [i["item_id"] for i in json.loads(r.body)["items"]], _overhead(r.headers)
 
     return call
 
 
-def interleaved(probes: dict[str, Callable[[RecommendationQuery], Ids]], qs: list[RecommendationQuery], warmup: int = 30) -> dict[str, list[float]]:
-    """Each round: the round's request to every probe, in a fresh random order; ms per probe and round."""
-    for q in qs[:warmup]:
+def baseline_probe(baseline: Baseline, http: Http1Client) -> Probe:
+    async def call(q: RecommendationQuery) -> tuple[float, Ids, float | None]:
+        t0 = time.perf_counter()
+        ids = await baseline.call_async(http, q)
+        return (time.perf_counter() - t0) * 1000, ids, None
+
+    return call
+
+
+def _overhead(headers: dict[str, str]) -> float | None:
+    v = headers.get(OVERHEAD_HEADER.lower())
+    return float(v) if v is not None else None
+
+
+async def interleaved(probes: dict[str, Probe], qs: list[RecommendationQuery], warmup: int = 30) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each round: the round's request to every probe, in a fresh random order; ms per probe and
+    round, and the API's own reported ms where it reports it. The first rounds check that every
+    probe gives the same answer."""
+    for q in qs[:20]:
+        answers = {name: (await fn(q))[1] for name, fn in probes.items()}
+        assert len({tuple(a) for a in answers.values()}) == 1, f"user {q.user_id}: the targets disagree: {answers}"
+    for q in qs[20:warmup]:
         for fn in probes.values():
-            fn(q)
+            await fn(q)
     ms: dict[str, list[float]] = {name: [] for name in probes}
+    own: dict[str, list[float]] = {name: [] for name in probes}
     order = list(probes)
     for q in qs[warmup:]:
         random.shuffle(order)
         for name in order:
-            t0 = time.perf_counter()
-            probes[name](q)
-            ms[name].append((time.perf_counter() - t0) * 1000)
-    return ms
-
-
-def via_nginx_v2(http: httpx.Client) -> Callable[[RecommendationQuery], Ids]:
-    def call(q: RecommendationQuery) -> Ids:
-        r = http.post(f"/v2/models/{MODEL}/infer", json=v2_json(q))
-        r.raise_for_status()
-        return [i.item_id for i in from_v2_json(q.user_id, r.json()).items]
-
-    return call
+            t, _, reported = await probes[name](q)
+            ms[name].append(t)
+            if reported is not None:
+                own[name].append(reported)
+    return ms, {k: v for k, v in own.items() if v}
 
 
 Send = Callable[[Http1Client, RecommendationQuery], Awaitable[Any]]
@@ -284,21 +307,31 @@ def run(stack: Stack) -> None:
     server, feast_url = start_feature_server(env, stack.cfg.state_dir / "logs" / "feast-serve.log")
     try:
         baseline = Baseline(feast_url, models)
-        api = httpx.Client(base_url=stack.ingress, timeout=30, headers={"Authorization": f"Bearer {stack.dev_key}"})
-        worker = httpx.Client(base_url=f"http://127.0.0.1:{stack.cfg.recsys_http_port}", timeout=30)
+        auth = {**JSON, "Authorization": f"Bearer {stack.dev_key}"}
+        api_direct = f"http://127.0.0.1:{stack.cfg.api_port}"
+        worker_url = f"http://127.0.0.1:{stack.cfg.recsys_http_port}"
         names = {"api": "via Nginx + API (/v1/recommendations)", "v2": "via Nginx + API (V2 REST /v2/models/recsys-rank/infer)",
+                 "api_direct": "API direct, no Nginx (/v1/recommendations)", "v2_direct": "API direct, no Nginx (V2 REST)",
                  "worker": "recsys worker direct (V2 REST)", "baseline": "baseline: feast serve + model in client"}
-        probes: dict[str, Callable[[RecommendationQuery], Ids]] = {names["api"]: via_api(api), names["v2"]: via_nginx_v2(api),
-                                                                    names["worker"]: via_worker(worker), names["baseline"]: baseline}
         qs = queries(ROUNDS + 30, n_users, popular)
-        for q in qs[:20]:
-            answers = {name: fn(q) for name, fn in probes.items()}
-            assert len({tuple(a) for a in answers.values()}) == 1, f"user {q.user_id}: the targets disagree: {answers}"
-        baseline.feast_ms.clear()
-        ms = interleaved(probes, qs)
+
+        async def conc1() -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+            clients = {url: Http1Client.for_url(url, timeout_s=30) for url in (stack.ingress, api_direct, worker_url, feast_url)}
+            probes = {names["api"]: v1_probe(clients[stack.ingress], auth), names["v2"]: v2_probe(clients[stack.ingress], auth),
+                      names["api_direct"]: v1_probe(clients[api_direct], auth), names["v2_direct"]: v2_probe(clients[api_direct], auth),
+                      names["worker"]: v2_probe(clients[worker_url], JSON), names["baseline"]: baseline_probe(baseline, clients[feast_url])}
+            try:
+                return await interleaved(probes, qs)
+            finally:
+                for c in clients.values():
+                    await c.close()
+
+        ms, own = uvloop.run(conc1())
         rows: list[dict[str, Any]] = [{"name": f"{name}, conc 1", "n": len(v), **summary(v)} for name, v in ms.items()]
+        rows += [{"name": f"the API's own time (X-Switchyard-Overhead-Ms) in: {name}", "n": len(v), **summary(v)} for name, v in own.items()]
         diffs = []
-        for a, b in (("api", "worker"), ("v2", "worker"), ("api", "baseline"), ("v2", "baseline"), ("baseline", "worker")):
+        for a, b in (("api", "worker"), ("v2", "worker"), ("api", "api_direct"), ("v2", "v2_direct"), ("api_direct", "worker"), ("v2_direct", "worker"),
+                     ("api", "v2"), ("api", "baseline"), ("v2", "baseline"), ("baseline", "worker")):
             med, lo, hi = median_ci([x - y for x, y in zip(ms[names[a]], ms[names[b]], strict=True)])
             diffs.append({"name": f"{a} − {b}", "median_ms": round(med, 2), "ci95_ms": [round(lo, 2), round(hi, 2)]})
         feast = [{"name": "Feast async read in process (3 user views, 1 user; the worker's read)", "n": len(feast_inproc), **summary(feast_inproc)},
@@ -307,11 +340,10 @@ def run(stack: Stack) -> None:
         async def send_baseline(http: Http1Client, q: RecommendationQuery) -> None:
             await baseline.call_async(http, q)
 
-        auth = {**JSON, "Authorization": f"Bearer {stack.dev_key}"}
         v2_body: Callable[[RecommendationQuery], bytes] = lambda q: json.dumps(v2_json(q)).encode()  # noqa: E731
         targets: list[tuple[str, Send, str]] = [
             (names["baseline"], send_baseline, feast_url),
-            (names["worker"], _poster(f"/v2/models/{MODEL}/infer", v2_body, JSON), str(worker.base_url)),
+            (names["worker"], _poster(f"/v2/models/{MODEL}/infer", v2_body, JSON), worker_url),
             (names["v2"], _poster(f"/v2/models/{MODEL}/infer", v2_body, auth), stack.ingress),
             (names["api"], _poster("/v1/recommendations", lambda q: q.model_dump_json().encode(), auth), stack.ingress),
         ]

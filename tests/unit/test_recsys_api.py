@@ -29,9 +29,11 @@ from fastapi.responses import JSONResponse, Response
 from switchyard.api import errors
 from switchyard.api.auth import Gatekeeper, KeyFirst
 from switchyard.api.body_limit import BodyLimit
+from switchyard.api.deps import resources_of
 from switchyard.api.jobs.routes import KINDS
 from switchyard.api.jobs.service import find_model
 from switchyard.api.recsys import routes as recsys_routes
+from switchyard.api.recsys.fast_path import RecommendationsFastPath
 from switchyard.api.request_log import RequestLog, RequestWriter, family_of
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2.gateway import V2Gateway
@@ -152,8 +154,10 @@ def _catalog() -> CatalogHolder:
     return CatalogHolder(build_catalog([SHIPPED], env={}), [SHIPPED])
 
 
-def _app(upstreams: dict[str, Any], writer: RequestWriter) -> tuple[FastAPI, V2Gateway]:
-    """The routes as app.create_app wires them (error shape, request log, key first, body limit)."""
+def _app(upstreams: dict[str, Any], writer: RequestWriter, fast_path: bool = True, routes: bool = True) -> tuple[FastAPI, V2Gateway]:
+    """The routes as app.create_app wires them (error shape, request log, key first, body limit, the
+    recommendations fast path). For the parity test: the FastAPI routes alone (``fast_path=False``),
+    or the fast path alone (``routes=False``)."""
     settings = ApiSettings(v2_upstreams=upstreams, breaker_fail_max=2, breaker_reset_s=60, v2_timeout_s=5, max_body_bytes=MAX_BODY)
     catalog = _catalog()
     gateway = V2Gateway(settings, catalog)
@@ -163,9 +167,12 @@ def _app(upstreams: dict[str, Any], writer: RequestWriter) -> tuple[FastAPI, V2G
     app.state.gatekeeper = gatekeeper
     app.state.resources = SimpleNamespace(settings=settings, catalog=catalog, v2=gateway)
     errors.install(app)
-    app.include_router(recsys_routes.router)
+    if routes:
+        app.include_router(recsys_routes.router)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     app.add_middleware(KeyFirst, gatekeeper=gatekeeper)
+    if fast_path:
+        app.add_middleware(RecommendationsFastPath, gatekeeper=gatekeeper, max_bytes=MAX_BODY, resources_of=resources_of)
     app.add_middleware(errors.CatchUnexpected)
     app.add_middleware(RequestLog, writer=writer)
     return app, gateway
@@ -276,6 +283,50 @@ async def test_the_triton_variant_is_served_through_the_same_worker(api: Api) ->
     r = await api.http.post("/v1/recommendations", json={"user_id": 1, "k": 2, "model": "recsys-rank-triton"})
     assert r.status_code == 200 and r.json()["model"] == "recsys-rank-triton"
     assert api.worker.seen[0][0] == "/v2/models/recsys-rank-triton/infer"
+
+
+# The fast path (switchyard.api.recsys.fast_path) must answer every JSON request as the FastAPI route
+# does: the same status, body (error shape, field, details) and headers that matter to clients.
+PARITY: list[tuple[bytes, dict[str, str]]] = [
+    (json.dumps({"user_id": 7, "k": 3, "candidates": [100, 101]}).encode(), {}),
+    (json.dumps({"user_id": 1001, "exclude_seen": False}).encode(), {"content-type": "application/vnd.api+json"}),
+    (json.dumps({"user_id": 1, "k": 0}).encode(), {}),
+    (json.dumps({"user_id": "u1", "k": 101}).encode(), {}),
+    (json.dumps({"user_id": 1, "candidates": list(range(1001))}).encode(), {}),
+    (json.dumps({"user_id": 1, "candidates": [1, "x", None]}).encode(), {}),
+    (json.dumps({"user_id": 1, "surprise": True}).encode(), {}),
+    (json.dumps({"user_id": 1, "model": "vision-classify"}).encode(), {}),
+    (json.dumps({"user_id": 1, "model": "nope"}).encode(), {}),
+    (json.dumps({"user_id": 1, "model": 5}).encode(), {}),
+    (b"{", {}), (b"[]", {}), (b"", {}), (b"null", {}), (b'"text"', {}),
+    (json.dumps({"user_id": 1, "candidates": [10**17] * 4000}).encode(), {}),  # over the body limit
+    (b"{not json", {"authorization": "Bearer wrong"}),
+    (json.dumps({"user_id": 1}).encode(), {"authorization": ""}),
+    (json.dumps({"user_id": 1}).encode(), {"authorization": "Bearer k-jobs"}),
+]
+
+
+@pytest.mark.parametrize(("content", "headers"), PARITY)
+@pytest.mark.asyncio
+async def test_the_fast_path_answers_as_the_route(worker: tuple[StandInWorker, str], content: bytes, headers: dict[str, str]) -> None:
+    stand_in, url = worker
+    stand_in.mode = "ok"
+    answers = []
+    for fast_path, routes in ((False, True), (True, False)):  # the route alone; the fast path alone (no route to fall back on)
+        app, gateway = _app({"recsys": {"http": url}}, CapturingWriter(), fast_path=fast_path, routes=routes)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", headers=V2_KEY) as http:
+            r = await http.post("/v1/recommendations", content=content, headers={"content-type": "application/json", **headers})
+        await gateway.close()
+        answers.append((r.status_code, r.json(), {k: v for k, v in r.headers.items() if k in ("www-authenticate", "retry-after", "content-type")}))
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.asyncio
+async def test_a_body_not_declared_as_json_is_left_to_the_route(api: Api) -> None:
+    """A form (curl -d without a content type) is the route's 422, not the fast path's business."""
+    r = await api.http.post("/v1/recommendations", content=b"user_id=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert _error(r, 422, "validation_error")["param"] is None
+    assert api.worker.seen == []
 
 
 # ---------------------------------------------------------------- keys and scopes

@@ -13,7 +13,7 @@ from switchyard.api import errors
 from switchyard.api.admin import routes as admin_routes
 from switchyard.api.auth import Gatekeeper, KeyFirst
 from switchyard.api.body_limit import BodyLimit
-from switchyard.api.deps import Resources
+from switchyard.api.deps import Resources, resources_of
 from switchyard.api.gauges import PlatformGauges
 from switchyard.api.jobs import event_streaming
 from switchyard.api.jobs import routes as jobs_routes
@@ -21,6 +21,7 @@ from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.jobs.retention import Purger
 from switchyard.api.openai import routes as openai_routes
 from switchyard.api.recsys import routes as recsys_routes
+from switchyard.api.recsys.fast_path import RecommendationsFastPath
 from switchyard.api.request_log import GrpcCalls, RequestLog, RequestWriter, recording_authorize
 from switchyard.api.settings import ApiSettings
 from switchyard.api.usage import routes as usage_routes
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(KeyFirst, gatekeeper=gatekeeper)  # before the body limit: no key, no 413
+    app.add_middleware(RecommendationsFastPath, gatekeeper=gatekeeper, max_bytes=settings.max_body_bytes, resources_of=resources_of)
     app.add_middleware(rest_frontend.V2FastPath, plane_of=gateway_of, max_bytes=settings.max_body_bytes, authorize=authorize_v2)
     app.add_middleware(errors.CatchUnexpected)  # inside the request log too: an unexpected 500 carries its X-Request-Id
     app.add_middleware(RequestLog, writer=writer)  # outside the V2 fast path: every request gets its record and id

@@ -8,6 +8,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from starlette.types import Scope
 from temporalio.client import Client
 
 from switchyard.api.jobs.dispatch import Dispatcher
@@ -63,3 +64,8 @@ async def _resources(request: Request) -> Resources:
 
 
 Res = Annotated[Resources, Depends(_resources)]
+
+
+def resources_of(scope: Scope) -> Resources:
+    """The resources of the app serving ``scope``, for pure-ASGI fast paths (no Request object)."""
+    return scope["app"].state.resources  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ An unexpected exception becomes a 500 in that shape in ``CatchUnexpected`` (an A
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,6 +75,21 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(p for p in parts if not any(c in p for c in "[(") and not p.startswith(("constrained-", "function-")))
 
 
+def validation_error(path: str, errors: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """The status and body for a request body that failed validation (pydantic's errors, located
+    from ``body`` as FastAPI locates them): one reading for the routes and the fast paths."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, error_body(400, "invalid_json", "request body is not valid JSON")
+    details = [{"loc": _loc(tuple(e.get("loc", ()))), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    first = details[0] if details else {"loc": None, "msg": "invalid request", "type": None}
+    # OpenAI's routes answer bad parameters with 400, as OpenAI does; the job API uses 422.
+    status = 400 if path.startswith(OPENAI_PATHS) else 422
+    param = first["loc"] or None
+    if first["type"] == "extra_forbidden" and param in UNSUPPORTED:
+        return status, error_body(status, "unsupported_parameter", f"{param}: {UNSUPPORTED[param]} is not supported by Switchyard", param=param)
+    return status, error_body(status, "invalid_value" if status == 400 else "validation_error", f"{param or 'body'}: {first['msg']}", param=param, details=details)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -81,17 +97,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "invalid_json", "request body is not valid JSON")
-        details = [{"loc": _loc(tuple(e.get("loc", ()))), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-        first = details[0] if details else {"loc": None, "msg": "invalid request"}
-        # OpenAI's routes answer bad parameters with 400, as OpenAI does; the job API uses 422.
-        status = 400 if request.url.path.startswith(OPENAI_PATHS) else 422
-        param = first["loc"] or None
-        if first["type"] == "extra_forbidden" and param in UNSUPPORTED:
-            return error_response(status, "unsupported_parameter", f"{param}: {UNSUPPORTED[param]} is not supported by Switchyard", param=param)
-        return error_response(status, "invalid_value" if status == 400 else "validation_error", f"{param or 'body'}: {first['msg']}", param=param, details=details)
+        status, body = validation_error(request.url.path, exc.errors())
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from switchyard.api import request_log
 from switchyard.api.auth import require
-from switchyard.api.deps import Resources
+from switchyard.api.deps import Resources, resources_of
 from switchyard.api.errors import ApiError
 from switchyard.api.jobs.service import find_model
 from switchyard.api.v2.gateway import Answer
@@ -68,14 +68,19 @@ router = APIRouter(prefix="/v1", tags=["recsys"], dependencies=[Depends(require(
 
 
 def _resources(request: Request) -> Resources:
-    return request.app.state.resources  # type: ignore[no-any-return]
+    return resources_of(request.scope)
 
 
 @router.post("/recommendations", response_model=RecommendationResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503, 504))
 async def recommendations(request: Request, body: RecommendationRequest) -> Response:
     """The user's top ``k`` items (of ``candidates`` when given), with scores and the reason each was
     chosen; an unknown user gets the popularity fallback (``fallback: true``)."""
-    res = _resources(request)
+    return Response(await recommend(_resources(request), body), media_type="application/json")
+
+
+async def recommend(res: Resources, body: RecommendationRequest) -> bytes:
+    """The answer's JSON for a validated request, else ApiError: the route's work, shared with its
+    fast path (switchyard.api.recsys.fast_path), which most requests take."""
     # A ranker of the recsys domain, else 404 (the record names it, or "unknown": never client text).
     model = find_model(res, body.model, DOMAIN, "ranker")
     assert isinstance(model, V2Model)  # rankers are V2 models (switchyard.common.v2.config)
@@ -92,7 +97,7 @@ async def recommendations(request: Request, body: RecommendationRequest) -> Resp
     # Serialized here, from the items just validated: FastAPI would validate them a second time.
     answer_model = RecommendationResponse.model_construct(user_id=out.user_id, items=out.items, fallback=out.fallback, unknown_items=out.unknown_items,
                                                           model=model.name)
-    return Response(answer_model.model_dump_json(), media_type="application/json")
+    return answer_model.model_dump_json().encode()
 
 
 @router.post("/recsys/events", status_code=202, response_model=RecsysEventAccepted, responses=_errors(400, 401, 403, 413, 422, 429, 503, 504))
