@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import stat
@@ -52,6 +53,7 @@ def test_up_serves_the_ingress_and_ctrl_c_stops_everything(scratch_dsn: Callable
         dev_key = Path(state) / "dev-key"
         assert stat.S_IMODE(dev_key.stat().st_mode) == 0o600 and dev_key.read_text().strip() in out
         _reload_adds_a_model(http_port, ports["engine-port"], state, overlay, {"Authorization": f"Bearer {dev_key.read_text().strip()}"})
+        _a_crashed_api_is_restarted(proc, http_port, lines)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -74,6 +76,32 @@ def _reload_adds_a_model(http_port: int, engine_port: int, state: str, overlay: 
     while "smollm2-mine" not in ids():
         assert time.monotonic() < deadline, "the reloaded catalog never served the new model"
         time.sleep(0.2)
+
+
+def _child(parent: int, module: str) -> int | None:
+    """The pid of ``parent``'s child process running ``python -m module``, if any."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat_file.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if ppid == parent and module.encode() in argv:
+            return int(stat_file.parent.name)
+    return None
+
+
+def _a_crashed_api_is_restarted(proc: subprocess.Popen[str], http_port: int, lines: list[str]) -> None:
+    """`kill -9` of the API: `up` restarts it (a new process) and the ingress serves again; it does not stop."""
+    old = _child(proc.pid, "switchyard.api")
+    assert old is not None, "no API process under `up`"
+    os.kill(old, signal.SIGKILL)
+    _wait_line(proc, "api is back", lines)
+    assert f"api (pid {old}) was killed by SIGKILL; restarting it in 1s" in "".join(lines)
+    new = _child(proc.pid, "switchyard.api")
+    assert new is not None and new != old and not Path(f"/proc/{old}").exists()
+    assert httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5).status_code == 200
+    assert proc.poll() is None
 
 
 def test_up_exits_non_zero_and_says_what_failed(scratch_dsn: Callable[[], str]) -> None:

@@ -36,18 +36,25 @@ def test_worker_sigkill_mid_job_then_restart_completes_the_job(stack: Stack, cli
     assert job["usage"]["completion_tokens"] == 300
 
 
-def test_api_restart_mid_job_keeps_the_job_and_its_events(stack: Stack, client: JobClient) -> None:
-    job_id = client.submit(llm_job("Describe a busy railway station.", max_tokens=200, ignore_eos=True))
+def test_api_sigkill_mid_job_then_restart_resumes_every_token_once(stack: Stack, client: JobClient) -> None:
+    job_id = client.submit(llm_job("Describe a busy railway station.", max_tokens=300, ignore_eos=True))
     seen: list[Event] = []
     stream = client.events(job_id)
     _wait_tokens(stream, seen, 10)
+    api = stack.procs["api"]
+    assert client.get(job_id)["status"] == "running"  # in flight, a client following it
+    api.kill()  # kill -9, with the client's stream open
+    assert not api.alive()
     stream.close()
-    stack.restart("api")
+    api.start()
+    api.wait_ready()
     rest = list(client.events(job_id, last_event_id=seen[-1].id))
     job = client.get(job_id)
     assert job["status"] == "succeeded"
     events = seen + rest
-    assert [e.data["index"] for e in events if e.type == "token"] == list(range(200))
+    # Every token exactly once, in order: the resume started right after the last event seen.
+    assert [e.data["index"] for e in events if e.type == "token"] == list(range(300))
+    assert not [e for e in events if e.type == "reset"]
     assert visible_text(events) == job["result"]["text"]
 
 
@@ -86,6 +93,28 @@ def test_one_tenants_backlog_does_not_starve_another_at_the_same_priority(stack:
     assert {busy.get(j)["priority"] for j in backlog} == {other.get(late)["priority"]}  # same priority level
     # Without fairness the late job runs after the whole backlog; with it, the two tenants take turns.
     assert other.get(late)["started_at"] < started[1], (other.get(late)["started_at"], started)
+
+
+def test_temporal_sigkill_mid_workflow_then_restart_ends_the_job_once(stack: Stack, client: JobClient) -> None:
+    job_id = client.submit(llm_job("Tell me about lighthouses.", max_tokens=120, ignore_eos=True, seed=9))
+    seen: list[Event] = []
+    stream = client.events(job_id)
+    _wait_tokens(stream, seen, 5)
+    stream.close()
+    assert client.get(job_id)["status"] == "running"  # the workflow's activity is running
+    temporal = stack.procs["temporal"]
+    temporal.kill()  # kill -9 of the Temporal server mid-workflow
+    assert not temporal.alive()
+    time.sleep(1)
+    temporal.start()
+    temporal.wait_ready()
+    rest = list(client.events(job_id, last_event_id=seen[-1].id, timeout=180))
+    job = client.get(job_id)
+    assert job["status"] == "succeeded", job
+    events = seen + rest
+    assert len([e for e in events if e.type == "result"]) == 1  # one result recorded and told
+    assert [e.data["status"] for e in events if e.type == "status" and e.data["status"] in ("succeeded", "failed", "cancelled")] == ["succeeded"]
+    assert visible_text(events) == job["result"]["text"] and job["usage"]["completion_tokens"] == 120
 
 
 def test_job_accepted_while_temporal_is_down_runs_once_it_is_back(stack: Stack, client: JobClient) -> None:

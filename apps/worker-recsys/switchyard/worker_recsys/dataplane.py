@@ -10,8 +10,9 @@
 - ``infer``: the ranker on the step's backend (in-process onnxruntime or Triton).
 - ``rank``: the k best, best first.
 
-A ``LocalDataPlane`` (REST and gRPC front ends, statistics); the durable lane's activity calls the
-same ``infer``. Live events (``record_event``) change the user's row in the store.
+A ``StepPlane`` (switchyard.common.v2.step_plane: REST and gRPC front ends, request checks,
+statistics, catalog reloads); the durable lane's activity calls the same ``infer``. Live events
+(``record_event``) change the user's row in the store.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from switchyard.common.recsys import CANDIDATES_INPUT
 from switchyard.common.v2.backends import InferBackend
 from switchyard.common.v2.config import Step, V2Config, V2Model
 from switchyard.common.v2.errors import V2Error
-from switchyard.common.v2.local_plane import LocalDataPlane
-from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
+from switchyard.common.v2.step_plane import StepPlane
+from switchyard.common.v2.tensors import InferRequest, InferResponse, Tensor
 from switchyard.worker_recsys.source import FeatureSource, ItemTable, UserRow, apply_event
 
 Array = np.ndarray[Any, Any]
@@ -74,58 +75,36 @@ class _UserLock:
     users: int = 0
 
 
-class RecsysDataPlane(LocalDataPlane):
+class RecsysDataPlane(StepPlane):
+    shape_note = "(one user per request)"
+
     def __init__(self, config: V2Config, backends: dict[str, InferBackend], source: FeatureSource, models: RecsysModels, model_dir: Path,
                  retrieve: int = 100) -> None:
-        super().__init__("switchyard-worker-recsys", model_dir)
-        self.backends = backends
+        super().__init__("switchyard-worker-recsys", "recsys", backends, model_dir)
         self.source = source
         self.embeddings = models.item_embeddings
         self.popular = models.popular
         self.columns = {name: i for i, name in enumerate(models.features)}
         self.retrieve = retrieve  # candidates retrieval hands to the ranker
-        self._levels: dict[str, list[list[Step]]] = {}
         self._user_locks: dict[int, _UserLock] = {}
         self.update(config)
 
-    def update(self, config: V2Config, new_backends: dict[str, InferBackend] | None = None) -> None:
-        """Serve the models of a (re)loaded catalog; backends are only ever added (see the vision worker)."""
-        models = {m.name: m for m in config.for_domain("recsys")}
-        self.backends.update(new_backends or {})
-        self.serve(models)
-        self._levels = {name: m.levels() for name, m in models.items()}
-
-    # ------------------------------------------------------------ health
+    # ------------------------------------------------------------ health: the feature store too
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
-        m = self.model(name, version)
-        used = {s.backend for s in m.steps if s.backend}
-        return all(await asyncio.gather(self.source.ready(), *(self.backends[b].ready() for b in used)))
+        return all(await asyncio.gather(self.source.ready(), super().model_ready(name, version)))
 
     async def ready(self) -> bool:
-        return all(await asyncio.gather(self.source.ready(), *(b.ready() for b in self.backends.values())))
+        return all(await asyncio.gather(self.source.ready(), super().ready()))
 
     # ------------------------------------------------------------ request checks
 
-    def _inputs(self, m: V2Model, tensors: list[Tensor]) -> dict[str, Array]:
-        values: dict[str, Array] = {}
-        for t in tensors:
-            spec = m.input(t.name)
-            if spec is None:
-                raise V2Error(400, f"model '{m.name}' has no input '{t.name}' (inputs: {', '.join(i.name for i in m.inputs)})")
-            if t.name in values:
-                raise V2Error(400, f"input '{t.name}' given twice")
-            if t.datatype != spec.datatype:
-                raise V2Error(400, f"input '{t.name}': datatype {t.datatype}, model '{m.name}' expects {spec.datatype}")
-            shape = t.shape
-            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
-                raise V2Error(400, f"input '{t.name}': shape {shape} does not match {spec.shape} (one user per request)")
-            if t.data.size and int(t.data.min()) < 0:
-                raise V2Error(400, f"input '{t.name}': ids are 0 or more, got {int(t.data.min())}")
-            values[t.name] = t.data
-        missing = [i.name for i in m.inputs if not i.optional and i.name not in values]
-        if missing:
-            raise V2Error(400, f"model '{m.name}' needs input(s) {', '.join(missing)}")
+    def check_input(self, m: V2Model, t: Tensor) -> None:
+        if t.data.size and int(t.data.min()) < 0:
+            raise V2Error(400, f"input '{t.name}': ids are 0 or more, got {int(t.data.min())}")
+
+    def inputs(self, m: V2Model, tensors: list[Tensor]) -> dict[str, Array]:
+        values = super().inputs(m, tensors)
         cands = values.get(CANDIDATES_INPUT)
         if cands is not None and not 1 <= cands.size <= MAX_CANDIDATES:
             raise V2Error(400, f"input '{CANDIDATES_INPUT}': {cands.size} candidates; give 1 to {MAX_CANDIDATES} (or none: retrieval finds them)")
@@ -216,24 +195,16 @@ class RecsysDataPlane(LocalDataPlane):
         raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the recsys worker")
 
     async def execute(self, req: InferRequest, m: V2Model) -> InferResponse:
-        values = self._inputs(m, req.inputs)
+        values = self.inputs(m, req.inputs)
         k, exclude_seen = self._params(m, req)
-        wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
-        for name in wanted:
-            if m.output(name) is None:
-                raise V2Error(400, f"model '{m.name}' has no output '{name}' (outputs: {', '.join(o.name for o in m.outputs)})")
-        for level in self._levels[m.name] if self.models.get(m.name) is m else m.levels():
+        wanted = self.wanted_outputs(m, req)
+        for level in self.levels(m):
             for s in level:  # one user, one chain: nothing to run side by side
                 values.update(zip(s.outputs, await self._step(s, values, k, exclude_seen), strict=True))
-        outputs = []
-        for name in wanted:
-            spec = m.output(name)
-            assert spec is not None
-            data = values[name]
-            outputs.append(Tensor(name, spec.datatype, data if spec.datatype == "BYTES" else data.astype(DTYPES[spec.datatype], copy=False)))
+        resp = self.response(m, req, wanted, values)
         # Items ranked (candidates scored, or ordered by popularity): the domain's throughput.
         metrics.ITEMS.labels(domain="recsys", model=m.name).inc(len(values.get("candidate_ids", ())))
-        return InferResponse(model=m.name, version=req.version or m.versions[-1], outputs=outputs, id=req.id)
+        return resp
 
     # ------------------------------------------------------------ live events
 

@@ -5,14 +5,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.settings import CommonSettings
+from switchyard.common.worker_settings import DomainWorkerSettings
 
 
-class RecsysSettings(CommonSettings):
+class RecsysSettings(DomainWorkerSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
     task_queue: str = "recsys"
-    max_concurrent_activities: int = Field(default=4, ge=1, le=256)
     # Triton's HTTP endpoint (KServe V2 REST); the ``triton`` backend of recsys-rank-triton runs there.
     triton_url: str = "127.0.0.1:8100"
     triton_timeout_s: float = Field(default=10.0, gt=0)
@@ -44,7 +43,6 @@ class RecsysSettings(CommonSettings):
     # Users per durable-lane step (progress is published after each).
     recsys_job_chunk: int = Field(default=50, ge=1, le=1000)
     # This process's /metrics page and its Temporal SDK's page (docs/metrics.md; 0 = off).
-    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9104, ge=0, le=65535)
     temporal_metrics_port: int = Field(default=9114, ge=0, le=65535)
 

@@ -7,18 +7,14 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from datetime import timedelta
 
-    from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus, RecsysRanking
-    from switchyard.common.jobflow import run_job
+    from switchyard.common.contracts import JobOutcome, JobSpec, RecsysRanking
+    from switchyard.common.jobflow import result_field, run_job
     from switchyard.common.retry import RECSYS_RETRY_POLICY
-
-
-def _succeeded(spec: JobSpec, res: RecsysRanking) -> JobOutcome:
-    return JobOutcome(job_id=spec.job_id, status=JobStatus.succeeded, result={"recommendations": res.model_dump()["recommendations"]}, timings=res.timings)
 
 
 @workflow.defn(name="RecsysJob")
 class RecsysJobWorkflow:
     @workflow.run
     async def run(self, spec: JobSpec) -> JobOutcome:
-        return await run_job(spec, "recsys.rank", RecsysRanking, lambda res: _succeeded(spec, res),
+        return await run_job(spec, "recsys.rank", RecsysRanking, result_field(spec, "recommendations"),
                              retry_policy=RECSYS_RETRY_POLICY, timeout=timedelta(minutes=10))

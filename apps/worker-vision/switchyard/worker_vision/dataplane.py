@@ -1,9 +1,9 @@
 """The vision worker's KServe V2 data plane: validate a request against its model, run the model's
 steps (see switchyard.common.v2.config), answer with the requested outputs.
 
-A ``LocalDataPlane`` (switchyard.common.v2.local_plane: request decoding, classification,
-statistics), served by the shared REST and gRPC front ends; the durable-lane activity calls the same
-``infer``: one code path for both lanes.
+A ``StepPlane`` (switchyard.common.v2.step_plane and local_plane: request decoding and checks,
+classification, statistics, catalog reloads), served by the shared REST and gRPC front ends; the
+durable-lane activity calls the same ``infer``: one code path for both lanes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from switchyard.common.v2.backends import InferBackend
 from switchyard.common.v2.config import Step, V2Config, V2Model
 from switchyard.common.v2.errors import V2Error
-from switchyard.common.v2.local_plane import LocalDataPlane
-from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
+from switchyard.common.v2.step_plane import StepPlane
+from switchyard.common.v2.tensors import InferRequest, InferResponse
 
 Array = np.ndarray[Any, Any]
 
@@ -32,63 +32,22 @@ def softmax(x: Array) -> Array:
     return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float32)
 
 
-class VisionDataPlane(LocalDataPlane):
+class VisionDataPlane(StepPlane):
     def __init__(self, config: V2Config, backends: dict[str, InferBackend], preprocess: Callable[[list[bytes]], Array], model_dir: Path) -> None:
-        super().__init__("switchyard-worker-vision", model_dir)
-        self.backends = backends
+        super().__init__("switchyard-worker-vision", "vision", backends, model_dir)
         self.preprocess = preprocess
         self._in_flight = 0
-        self._levels: dict[str, list[list[Step]]] = {}
         self.update(config)
 
     def update(self, config: V2Config, new_backends: dict[str, InferBackend] | None = None) -> None:
-        """Serve the models of a (re)loaded catalog. Backends are only ever added: a job accepted
-        before a reload may still run on one that the new catalog no longer names."""
-        models = {m.name: m for m in config.for_domain("vision")}
-        for m in models.values():
+        """The topk steps' labels files are read first: a missing one refuses the catalog."""
+        for m in config.for_domain("vision"):
             for s in m.steps:
                 if s.op == "topk":
                     self.labels(str(s.params.get("labels", "imagenet_labels.txt")))
-        self.backends.update(new_backends or {})
-        self.serve(models)
-        self._levels = {name: m.levels() for name, m in models.items()}
-
-    # ------------------------------------------------------------ health
-
-    async def model_ready(self, name: str, version: str | None = None) -> bool:
-        m = self.model(name, version)
-        used = {s.backend for s in m.steps if s.backend}
-        return all(await asyncio.gather(*(self.backends[b].ready() for b in used)))
-
-    async def ready(self) -> bool:
-        return all(await asyncio.gather(*(b.ready() for b in self.backends.values())))
+        super().update(config, new_backends)
 
     # ------------------------------------------------------------ inference
-
-    def _inputs(self, m: V2Model, tensors: list[Tensor]) -> dict[str, Array]:
-        values: dict[str, Array] = {}
-        batch: int | None = None
-        for t in tensors:
-            spec = m.input(t.name)
-            if spec is None:
-                raise V2Error(400, f"model '{m.name}' has no input '{t.name}' (inputs: {', '.join(i.name for i in m.inputs)})")
-            if t.name in values:
-                raise V2Error(400, f"input '{t.name}' given twice")
-            if t.datatype != spec.datatype:
-                raise V2Error(400, f"input '{t.name}': datatype {t.datatype}, model '{m.name}' expects {spec.datatype}")
-            shape = t.shape
-            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
-                raise V2Error(400, f"input '{t.name}': shape {shape} does not match {spec.shape}")
-            if not 1 <= shape[0] <= m.max_batch_size:
-                raise V2Error(400, f"input '{t.name}': batch of {shape[0]}; model '{m.name}' takes 1 to {m.max_batch_size}")
-            if batch is not None and shape[0] != batch:
-                raise V2Error(400, f"inputs disagree on the batch size ({batch} vs {shape[0]})")
-            batch = shape[0]
-            values[t.name] = t.data
-        missing = [i.name for i in m.inputs if i.name not in values]
-        if missing:
-            raise V2Error(400, f"model '{m.name}' needs input(s) {', '.join(missing)}")
-        return values
 
     async def _step(self, s: Step, values: dict[str, Array], params: dict[str, Any]) -> list[Array]:
         args = [values[i] for i in s.inputs]
@@ -117,16 +76,12 @@ class VisionDataPlane(LocalDataPlane):
         raise V2Error(500, f"step {s.name}: op {s.op} is not implemented by the vision worker")
 
     async def execute(self, req: InferRequest, m: V2Model) -> InferResponse:
-        values = self._inputs(m, req.inputs)
-        wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
-        for name in wanted:
-            if m.output(name) is None:
-                raise V2Error(400, f"model '{m.name}' has no output '{name}' (outputs: {', '.join(o.name for o in m.outputs)})")
+        values = self.inputs(m, req.inputs)
+        wanted = self.wanted_outputs(m, req)
         params = {**m.parameters, **req.parameters}
         self._in_flight += 1
         try:
-            # The served declaration's levels are computed once; a job's snapshot computes its own.
-            for level in self._levels[m.name] if self.models.get(m.name) is m else m.levels():
+            for level in self.levels(m):
                 if len(level) == 1:  # the common case: no gather bookkeeping
                     results = [await self._step(level[0], values, params)]
                 else:
@@ -135,10 +90,4 @@ class VisionDataPlane(LocalDataPlane):
                     values.update(zip(s.outputs, outs, strict=True))
         finally:
             self._in_flight -= 1
-        outputs = []
-        for name in wanted:
-            spec = m.output(name)
-            assert spec is not None
-            data = values[name]
-            outputs.append(Tensor(name, spec.datatype, data if spec.datatype == "BYTES" else data.astype(DTYPES[spec.datatype], copy=False)))
-        return InferResponse(model=m.name, version=req.version or m.versions[-1], outputs=outputs, id=req.id)
+        return self.response(m, req, wanted, values)

@@ -6,14 +6,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.settings import CommonSettings
+from switchyard.common.worker_settings import DomainWorkerSettings
 
 
-class VisionSettings(CommonSettings):
+class VisionSettings(DomainWorkerSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
     task_queue: str = "vision"
-    max_concurrent_activities: int = Field(default=4, ge=1, le=256)
     # Triton's HTTP endpoint (KServe V2 REST); the ``triton`` backends of the V2 models run there.
     triton_url: str = "127.0.0.1:8100"
     triton_timeout_s: float = Field(default=30.0, gt=0)
@@ -35,6 +34,5 @@ class VisionSettings(CommonSettings):
     # Images per durable-lane step (progress is published after each).
     vision_job_chunk: int = Field(default=8, ge=1, le=256)
     # This process's /metrics page and its Temporal SDK's page (docs/metrics.md; 0 = off).
-    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9103, ge=0, le=65535)
     temporal_metrics_port: int = Field(default=9113, ge=0, le=65535)

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from switchyard.common import metrics
 from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.store import JobStore, engine_input
-from switchyard.common.events import EventBus
+from switchyard.common.events import EventBus, JobEnd
 from switchyard.common.payload_codec import KeyRing, sealed_result_context
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
@@ -40,9 +40,10 @@ class JobBookkeeping:
             raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
         return engine_input(job, self.keys)
 
-    async def start_attempt(self, spec: JobSpec, started_s: float) -> None:
+    async def start_attempt(self, spec: JobSpec, started_s: float) -> str:
         """Record that an attempt started (status running, attempt number) and tell the clients; the
-        first attempt's start (``started_s``, the activity's) ends the job's queue time.
+        first attempt's start (``started_s``, the activity's) ends the job's queue time. The id of the
+        ``running`` event: the attempt's first event (its publishers append after it).
 
         A job that already ended (cancelled before its workflow ran) must not run at all.
         """
@@ -52,7 +53,7 @@ class JobBookkeeping:
             raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
         if attempt == 1:
             metrics.observe_queue_time(spec.domain, spec, started_s)
-        await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
+        return await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
 
     async def stored_outcome(self, outcome: JobOutcome) -> tuple[JobOutcome, bytes | None]:
         """What the job's row keeps: result and error texts redacted, whatever the model's policy
@@ -72,23 +73,25 @@ class JobBookkeeping:
     async def finish(self, outcome: JobOutcome) -> None:
         """Persist the final state first, then publish: a client that sees the end can read it.
         Before the end is published, the job's quotas are settled (both idempotent, so also when it had
-        already ended): tokens it did not use go back to its key, its backlog place is freed."""
+        already ended): tokens it did not use go back to its key, its backlog place is freed.
+
+        The end is published whenever the stream lacks it, not only by the attempt that wrote the
+        row: a retry after a failed publish (Redis down between the row and the stream) sees a
+        finished row and still publishes the end, once (``EventBus.ensure_end``)."""
         finished = await self.store.finish(*await self.stored_outcome(outcome))
         await self.quotas.settle(outcome.job_id, outcome.usage.total_tokens if outcome.usage else 0)
         job = await self.store.get(uuid.UUID(outcome.job_id))
-        if job is not None:
-            await self.backlog.release(job.model, outcome.job_id)
-        if not finished:
-            return  # already ended (e.g. cancelled before it ran): its end was published then
-        if job is not None:
+        if job is None:
+            return
+        await self.backlog.release(job.model, outcome.job_id)
+        if finished:
             metrics.JOBS_FINISHED.labels(domain=job.domain, model=job.model, outcome=outcome.status.value).inc()
-        if outcome.status is JobStatus.succeeded:
-            # Timings, attempts and endpoint: for the request log of the API that relays the result (OpenAI).
-            await self.bus.publish(outcome.job_id, "result", {"result": outcome.result, "usage": outcome.usage.model_dump() if outcome.usage else None,
-                                                              "timings": outcome.timings.model_dump() if outcome.timings else None,
-                                                              "attempts": job.attempts if job is not None else None,
-                                                              "endpoint": endpoint_of(outcome.result, job.model_spec) if job is not None else None})
-        payload: dict[str, object] = {"status": outcome.status.value}
-        if outcome.error:
-            payload["error"] = outcome.error.model_dump()
-        await self.bus.publish(outcome.job_id, "status", payload)
+        if job.purged_at is not None:
+            return  # erased meanwhile (purge): a stream published now would bring back what was erased
+        if job.status == outcome.status.value:
+            end = JobEnd(status=outcome.status, result=outcome.result, error=outcome.error.model_dump() if outcome.error else None,
+                         usage=outcome.usage.model_dump() if outcome.usage else None, timings=outcome.timings.model_dump() if outcome.timings else None,
+                         attempts=job.attempts, endpoint=endpoint_of(outcome.result, job.model_spec))
+        else:  # it had ended otherwise (e.g. cancelled before it ran): that end is the one to tell
+            end = JobEnd(status=JobStatus(job.status), error=job.error)
+        await self.bus.ensure_end(outcome.job_id, end)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pybreaker
 
@@ -36,11 +36,13 @@ class _OpenedAt(pybreaker.CircuitBreakerListener):
 
 
 class Breaker:
-    def __init__(self, name: str, *, fail_max: int = 5, reset_timeout_s: float = 5.0) -> None:
+    def __init__(self, name: str, *, fail_max: int = 5, reset_timeout_s: float = 5.0, exclude: Sequence[type[BaseException]] = ()) -> None:
+        """``exclude``: exceptions raised inside ``guard()`` that say nothing about the endpoint."""
         self.name = name
         self.reset_timeout_s = reset_timeout_s
         self._opened = _OpenedAt()
-        self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, name=name, listeners=[self._opened])
+        self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, name=name, listeners=[self._opened],
+                                            exclude=list(exclude))
         self._probing = False
 
     @property
@@ -73,3 +75,30 @@ class Breaker:
         finally:
             if probe:
                 self._probing = False
+
+
+# Gauge values of ``switchyard_breaker_state`` (docs/metrics.md).
+STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+
+
+class BreakerBoard:
+    """One breaker per upstream (by key, e.g. an engine endpoint's URL), made on first use, all with
+    the same settings. A process keeps one board per kind of upstream."""
+
+    def __init__(self, *, fail_max: int = 5, reset_timeout_s: float = 5.0, exclude: Sequence[type[BaseException]] = ()) -> None:
+        self.fail_max, self.reset_timeout_s, self.exclude = fail_max, reset_timeout_s, tuple(exclude)
+        self._breakers: dict[str, Breaker] = {}
+
+    def get(self, key: str) -> Breaker:
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = Breaker(key, fail_max=self.fail_max, reset_timeout_s=self.reset_timeout_s, exclude=self.exclude)
+        return breaker
+
+    def state(self, key: str) -> str:
+        """closed (also for an upstream never called), open or half-open."""
+        breaker = self._breakers.get(key)
+        return breaker.state if breaker is not None else pybreaker.STATE_CLOSED
+
+    def __iter__(self) -> Iterator[tuple[str, Breaker]]:
+        return iter(list(self._breakers.items()))

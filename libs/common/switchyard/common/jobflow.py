@@ -8,17 +8,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
+from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus, Timings
 from switchyard.common.retry import BOOKKEEPING_RETRY_POLICY
 from switchyard.common.temporal import HEARTBEAT_TIMEOUT
 
 R = TypeVar("R")
+
+
+class TimedResult(Protocol):
+    """An activity's result with its timings (e.g. VisionClassification)."""
+
+    timings: Timings
+
+    def model_dump(self) -> dict[str, Any]: ...
 
 
 def error_of(exc: BaseException) -> JobError:
@@ -29,6 +37,15 @@ def error_of(exc: BaseException) -> JobError:
 
 async def finish(outcome: JobOutcome) -> None:
     await workflow.execute_activity("job.finish", outcome, start_to_close_timeout=timedelta(seconds=30), retry_policy=BOOKKEEPING_RETRY_POLICY)
+
+
+def result_field(spec: JobSpec, field: str) -> Callable[[TimedResult], JobOutcome]:
+    """``run_job``'s ``succeeded`` for a job whose result is one field of the activity's (e.g. ``predictions``)."""
+
+    def succeeded(res: TimedResult) -> JobOutcome:
+        return JobOutcome(job_id=spec.job_id, status=JobStatus.succeeded, result={field: res.model_dump()[field]}, timings=res.timings)
+
+    return succeeded
 
 
 async def run_job(spec: JobSpec, activity: str, result_type: type[R], succeeded: Callable[[R], JobOutcome], *,

@@ -43,7 +43,7 @@ PLATFORM_OVERHEAD = Histogram("switchyard_platform_overhead_seconds", "Time spen
                               ["family"], buckets=OVERHEAD_BUCKETS)
 TASK_QUEUE_BACKLOG = Gauge("switchyard_task_queue_backlog", "Jobs accepted and not yet started by a worker (shared counter; aggregate with max)",
                            ["domain", "priority"], multiprocess_mode="max")
-BREAKER_STATE = Gauge("switchyard_breaker_state", "Circuit breaker in front of a V2 model's worker: 0 closed, 1 half-open, 2 open",
+BREAKER_STATE = Gauge("switchyard_breaker_state", "Circuit breaker in front of a V2 model's worker or an LLM engine endpoint: 0 closed, 1 half-open, 2 open",
                       ["target"], multiprocess_mode="max")
 
 # ---------------------------------------------------------------- workers

@@ -7,7 +7,9 @@ from typing import Final
 
 from temporalio.common import RetryPolicy
 
-# Errors that retrying cannot fix (bad input, unknown model...).
+# Errors that retrying cannot fix (bad input, unknown model...). An engine's refusal of the request
+# (a 4xx, e.g. ContextLengthExceeded) is raised non-retryable where it is caught. Out of memory
+# (engines.oom.OOM_ERROR_TYPE) is retryable: the domain reacts (next endpoint, smaller batch).
 NON_RETRYABLE_ERROR_TYPES: Final[list[str]] = ["InvalidInput", "UnknownModel"]
 
 

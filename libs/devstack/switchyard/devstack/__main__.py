@@ -11,10 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from switchyard.devstack import keys, models
 from switchyard.devstack.gemma import gemma3_270m_gguf
 from switchyard.devstack.procs import StartError
 from switchyard.devstack.stack import Stack, StackConfig
+from switchyard.devstack.supervisor import GaveUp, RestartPolicy
 
 PID_FILE = "switchyard-up.pid"
 
@@ -25,6 +28,11 @@ def fetch_models() -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    try:
+        policy = RestartPolicy()  # SWITCHYARD_RESTART_*: a bad value stops us before anything starts
+    except ValidationError as e:
+        print(f"Switchyard: bad restart policy setting: {e}", file=sys.stderr)
+        return 1
     fetch_models()
     cfg = StackConfig(state_dir=Path(args.state_dir).resolve(), http_port=args.http_port, api_port=args.api_port,
                       temporal_port=args.temporal_port, temporal_ui_port=args.temporal_ui_port, engine_port=args.engine_port,
@@ -43,19 +51,20 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     for note in stack.notes:
         print(f"  note: {note}")
+    supervisor = stack.supervisor(policy)
     print(f"Switchyard is up in {time.monotonic() - t0:.1f}s:\n{stack.summary()}\n"
           f"Requests need a key: -H \"Authorization: Bearer $(cat {cfg.state_dir / keys.DEV_KEY_FILE})\"; `./switchyard keys` manages keys.\n"
+          f"A part that crashes is {supervisor.policy.describe()}.\n"
           "Ctrl-C stops everything; `./switchyard reload` reloads the model catalog.", flush=True)
     pid_file = cfg.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     # SIGUSR1, not SIGHUP: a closed terminal still stops the launcher; it sends SIGHUP to each process.
     signal.signal(signal.SIGUSR1, lambda *_: stack.reload_catalog())
     try:
-        while not stop.wait(1.0):
-            dead = [n for n, p in stack.procs.items() if not p.alive()]
-            if dead:
-                print(f"Switchyard: {', '.join(dead)} exited; stopping. Last log lines:\n{stack.procs[dead[0]].tail()}", file=sys.stderr)
-                return 1
+        supervisor.run(stop)
+    except GaveUp as e:
+        print(f"Switchyard: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         print("Switchyard: stopping...", flush=True)
         pid_file.unlink(missing_ok=True)
@@ -79,7 +88,12 @@ def _reload(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="switchyard")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="run the platform in the foreground")
+    up = sub.add_parser("up", help="run the platform in the foreground",
+                        description="Run the platform in the foreground. A part that crashes is restarted with exponential backoff "
+                                    "(1 s doubling to 30 s, reset once it has stayed up 60 s); one that fails again after 5 restarts "
+                                    "within 300 s stops the platform. Environment: SWITCHYARD_RESTART_BACKOFF_INITIAL_S, "
+                                    "SWITCHYARD_RESTART_BACKOFF_MAX_S, SWITCHYARD_RESTART_RESET_AFTER_S, SWITCHYARD_RESTART_MAX_RESTARTS, "
+                                    "SWITCHYARD_RESTART_WINDOW_S.")
     up.add_argument("--state-dir", default=".state", help="logs, Temporal's SQLite file, rendered configs (default: .state)")
     up.add_argument("--http-port", type=int, default=8080, help="Nginx ingress (default: 8080)")
     up.add_argument("--api-port", type=int, default=8000, help="API behind Nginx (default: 8000)")

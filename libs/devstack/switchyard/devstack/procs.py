@@ -80,13 +80,31 @@ class Proc:
     ready: Callable[[], bool]
     ready_timeout_s: float = 60.0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Where this run's output starts in the log (a restarted process appends to its predecessor's).
+    log_offset: int = field(default=0, init=False, repr=False)
 
     def log_contains(self, text: str) -> Callable[[], bool]:
-        return lambda: self.log_path.exists() and text in self.log_path.read_text(errors="replace")
+        """Readiness by a line of the current run's log, never one that a previous run wrote."""
+        def check() -> bool:
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(self.log_offset)
+                    return text in f.read().decode(errors="replace")
+            except FileNotFoundError:
+                return False
+
+        return check
+
+    def note(self, text: str) -> None:
+        """Append a line of our own to the log (the supervisor marks restarts)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(text + "\n")
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        self.log_offset = log.tell()
         # Own process group: a signal to the launcher's group does not hit children twice.
         self.popen = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

@@ -28,6 +28,7 @@ from switchyard.devstack import keys, models, prometheus
 from switchyard.devstack.gemma import GEMMA_CHAT_TEMPLATE, gemma3_270m_gguf
 from switchyard.devstack.host import host_cpu
 from switchyard.devstack.procs import Proc, StartError, free_port, http_ready, python_env, tcp_ready
+from switchyard.devstack.supervisor import RestartPolicy, Supervisor
 
 # Model names of infra/catalog/models.yaml that the launcher and the tests refer to.
 LLM_MODEL = "smollm2-135m-instruct"
@@ -348,7 +349,9 @@ class Stack:
         if not binary:
             raise StartError(f"Redis unreachable at {self.cfg.redis_url} and no redis-server to start one")
         port = free_port()
-        self.procs["redis"] = Proc("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(self.cfg.state_dir)],
+        # AOF, fsynced every second: a restart keeps the job event streams (docs/events.md).
+        self.procs["redis"] = Proc("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
+                                             "--appendfsync", "everysec", "--dir", str(self.cfg.state_dir)],
                                    dict(os.environ), self._log("redis"), tcp_ready(port))
         self.cfg.redis_url = f"redis://127.0.0.1:{port}/0"
         self.notes.append(f"Redis was unreachable: started an embedded one on 127.0.0.1:{port}")
@@ -510,8 +513,8 @@ class Stack:
             c.vision = vision_installed()
         elif c.vision and not vision_installed():
             raise StartError(f"vision is not set up under {models.cache_dir() / 'vision'}: run build-support/setup-vision.sh (./switchyard setup does)")
-        if c.recsys is None:
-            c.recsys = recsys_installed(c.feast_redis)
+        if c.recsys is None:  # its recsys-rank-triton model needs the vision stack's Triton
+            c.recsys = bool(c.vision) and recsys_installed(c.feast_redis)
         elif c.recsys and not recsys_installed(c.feast_redis):
             raise StartError(f"recsys is not set up under {models.cache_dir() / 'recsys'} or Feast is not loaded into {c.feast_redis}: "
                              "run build-support/setup-recsys.sh (./switchyard setup does)")
@@ -541,6 +544,11 @@ class Stack:
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
+
+    def supervisor(self, policy: RestartPolicy | None = None) -> Supervisor:
+        """What `./switchyard up` runs once the stack is up: restarts parts that crash. Off unless asked
+        for (tests expect a dead process to stay dead unless they turn it on)."""
+        return Supervisor(self.procs, policy)
 
     def restart(self, name: str) -> None:
         proc = self.procs[name]

@@ -27,7 +27,7 @@ from switchyard.common import tracing
 from switchyard.common.contracts import JobError, JobOutcome, JobSpec, JobStatus
 from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore, engine_input
-from switchyard.common.events import EventBus
+from switchyard.common.events import EventBus, JobEnd
 from switchyard.common.payload_codec import KeyRing, PayloadKeyError
 from switchyard.common.queues import TASK_QUEUES, WORKFLOW_TYPES
 from switchyard.common.quotas import Backlog, Quotas
@@ -131,7 +131,7 @@ class Dispatcher:
             await self.backlog.release(job.model, job_id)
         await self.quotas.settle(job_id, 0)
         if await self.store.finish(JobOutcome(job_id=job_id, status=JobStatus.failed, error=error)):
-            await self.bus.publish(job_id, "status", {"status": JobStatus.failed.value, "error": error.model_dump()})
+            await self.bus.ensure_end(job_id, JobEnd(status=JobStatus.failed, error=error.model_dump()))
 
     async def sweep_once(self) -> int:
         jobs = await self.store.undispatched(self.grace_s, limit=200)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
+import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -21,11 +24,17 @@ from switchyard.api.jobs.service import load_job
 from switchyard.api.limits import open_stream
 from switchyard.common.contracts import JobEvent, JobStatus
 from switchyard.common.db.models import Job
-from switchyard.common.events import START
+from switchyard.common.events import START, JobEnd
+from switchyard.common.payload_codec import KeyRing, PayloadKeyError, sealed_result_context
 from switchyard.common.quotas import Lease
+from switchyard.common.request_log import endpoint_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# How long a job's row may show an end its stream lacks before the API publishes it from the row.
+END_GRACE_S = 2.0
+
+log = logging.getLogger("switchyard.api.jobs")
 
 
 def _resume_point(value: str | None) -> str:
@@ -36,14 +45,50 @@ def _resume_point(value: str | None) -> str:
     return value
 
 
+def end_of_row(job: Job, keys: KeyRing) -> JobEnd:
+    """How an ended job ended, from its row, as ``job.finish`` publishes it: the engine's answer
+    (the sealed result, opened) where the row keeps a redacted copy."""
+    result = job.result
+    if job.result_sealed is not None:
+        try:
+            result = keys.unseal(job.result_sealed, sealed_result_context(job.id))
+        except PayloadKeyError as e:  # sealed with a key this process lacks: rotation half done
+            log.error("a sealed result could not be opened; the rebuilt stream has its redacted copy", extra={"fields": {"job_id": str(job.id), "error": str(e)}})
+    return JobEnd(status=JobStatus(job.status), result=result, error=job.error, usage=job.usage, timings=job.timings, attempts=job.attempts,
+                  endpoint=endpoint_of(result, job.model_spec))
+
+
+async def _end_if_missing(res: Resources, job_id: uuid.UUID) -> None:
+    """The job's row says it ended (a while ago) but its stream does not: publish the end from the row.
+
+    ``job.finish`` publishes the end right after writing the row, and publishes it again on a retry;
+    this covers a publish that never got through (Redis down for longer than the finish's retries),
+    so a client following a job always sees it end. Idempotent and safe to race (``ensure_end``)."""
+    job = await res.store.get(job_id)
+    if job is None or not JobStatus(job.status).terminal or job.purged_at is not None:
+        return
+    if job.finished_at is not None and (dt.datetime.now(dt.UTC) - job.finished_at).total_seconds() < END_GRACE_S:
+        return  # the worker is publishing it now
+    if await res.bus.ensure_end(str(job_id), end_of_row(job, res.payload_keys)):
+        log.warning("published a job's missing end from its row", extra={"fields": {"job_id": str(job_id), "status": job.status}})
+
+
 async def job_events(res: Resources, job: Job, after: str = START) -> AsyncIterator[JobEvent | None]:
-    """Replay then follow a job's events until it ends; None marks an idle interval."""
+    """Replay then follow a job's events until it ends; None marks an idle interval.
+
+    PostgreSQL, not Redis, is the record: an ended job whose stream is gone (expired, or lost in a
+    Redis restart or flush) gets it rebuilt from its row, and a followed stream that stays without
+    an end while the row has one gets the end from the row (docs/events.md)."""
     job_id = str(job.id)
     if JobStatus(job.status).terminal and not await res.bus.exists(job_id):
-        # The stream expired; the row still knows how the job ended.
-        yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
-        return
+        if job.purged_at is not None:
+            # Erased (retention or purge): how it ended is all there is to tell.
+            yield JobEvent(id=after if after != START else "0-1", type="status", data={"status": job.status, "error": job.error})
+            return
+        await res.bus.ensure_end(job_id, end_of_row(job, res.payload_keys))
     async for event in res.bus.follow(job_id, after=after, block_ms=min(5000, int(res.settings.stream_keepalive_s * 1000))):
+        if event is None:
+            await _end_if_missing(res, job.id)
         yield event
 
 

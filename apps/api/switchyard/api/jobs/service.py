@@ -20,6 +20,7 @@ from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.common.contracts import JobOutcome, JobStatus
 from switchyard.common.db.models import Job
+from switchyard.common.events import JobEnd
 from switchyard.common.keys import Principal
 from switchyard.common.metrics import model_label
 from switchyard.common.model_registry import ModelEntry
@@ -120,7 +121,7 @@ async def cancel_job(res: Resources, job: Job) -> bool:
         # outbox starts the workflow anyway, the activity finds the job ended and does nothing.
         await res.backlog.release(job.model, str(job.id))
         await res.quotas.settle(str(job.id), 0)  # it used no tokens
-        await res.bus.publish(str(job.id), "status", {"status": JobStatus.cancelled.value})
+        await res.bus.ensure_end(str(job.id), JobEnd(status=JobStatus.cancelled))
         return True
     handle = res.temporal.get_workflow_handle(str(job.id))
     try:
@@ -181,7 +182,7 @@ async def purge_job(res: Resources, job: Job) -> None:
         if await res.store.finish(JobOutcome(job_id=job_id, status=JobStatus.cancelled)):
             await res.backlog.release(job.model, job_id)
             await res.quotas.settle(job_id, 0)
-            await res.bus.publish(job_id, "status", {"status": JobStatus.cancelled.value})
+            await res.bus.ensure_end(job_id, JobEnd(status=JobStatus.cancelled))
     try:
         await res.purger.purge(job.id)
     except RPCError as e:

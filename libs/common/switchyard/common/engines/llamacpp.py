@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from switchyard.common.contracts import LlmInput
 from switchyard.common.engines.base import EngineError
+from switchyard.common.engines.oom import classify_oom
 from switchyard.common.engines.openai_compat import OpenAICompatibleEngine, post_json
 
 
@@ -22,6 +23,8 @@ class LlamaCppEngine(OpenAICompatibleEngine):
         return {"ignore_eos": True} if inp.ignore_eos else {}
 
     def classify(self, status: int, message: str) -> EngineError:
+        if oom := classify_oom(status, message):  # before the context check: a full KV cache is a 500, not the request's fault
+            return oom
         if "context size" in message or "context length" in message:
             return EngineError(400, message, kind="ContextLengthExceeded")
         if status == 503:  # loading, or every slot busy

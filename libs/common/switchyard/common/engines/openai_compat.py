@@ -10,6 +10,7 @@ import httpx
 
 from switchyard.common.contracts import LlmInput, Usage
 from switchyard.common.engines.base import Chunk, Engine, EngineError
+from switchyard.common.engines.oom import classify_oom
 
 
 def error_message(body: bytes) -> str:
@@ -40,7 +41,8 @@ class OpenAICompatibleEngine(Engine):
         return {}
 
     def classify(self, status: int, message: str) -> EngineError:
-        return EngineError(status, message)
+        """The engine's error answer as an EngineError; an out-of-memory one as EngineOutOfMemory."""
+        return classify_oom(status, message) or EngineError(status, message)
 
     def request(self, inp: LlmInput, seed: int | None, priority: int | None) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {

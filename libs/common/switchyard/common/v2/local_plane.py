@@ -1,6 +1,7 @@
 """A data plane that runs its models in this process (a worker): it decodes requests (REST and
 gRPC), refuses bad classification requests before running anything, runs the model (``execute``,
-the worker's own), applies the classification extension and counts statistics.
+the worker's own), applies the classification extension and counts statistics. ``inputs``,
+``wanted_outputs`` and ``response`` are the checks and the answer every ``execute`` shares.
 
 Every lane of a worker goes through ``infer``: the REST and gRPC front ends and the durable lane's
 activities.
@@ -13,7 +14,7 @@ from abc import abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from switchyard.common.v2.errors import V2Error, error_body
 from switchyard.common.v2.grpc_codec import parse_message, request_from_pb, response_to_pb
 from switchyard.common.v2.rest import HEADER_LENGTH, encode_response, parse_request
 from switchyard.common.v2.statistics import Statistics, StatisticsResponse
-from switchyard.common.v2.tensors import InferRequest, InferResponse, Tensor
+from switchyard.common.v2.tensors import DTYPES, InferRequest, InferResponse, Tensor
 
 log = logging.getLogger("switchyard.v2")
 
@@ -33,6 +34,9 @@ Array = np.ndarray[Any, Any]
 
 
 class LocalDataPlane(DataPlane):
+    # Appended to the message of an input whose shape does not match (e.g. "(one user per request)").
+    shape_note: ClassVar[str] = ""
+
     def __init__(self, server_name: str, label_dir: Path) -> None:
         super().__init__(server_name)
         self.label_dir = label_dir
@@ -62,6 +66,59 @@ class LocalDataPlane(DataPlane):
                 if o.labels:
                     self.labels(o.labels)
         self.models = models
+
+    # ------------------------------------------------------------ request checks
+
+    def inputs(self, m: V2Model, tensors: list[Tensor]) -> dict[str, Array]:
+        """The request's inputs by name, checked against ``m``: known names, each once, datatype,
+        shape, one batch size within the model's limit, every required input given (400 otherwise)."""
+        values: dict[str, Array] = {}
+        batch: int | None = None
+        for t in tensors:
+            spec = m.input(t.name)
+            if spec is None:
+                raise V2Error(400, f"model '{m.name}' has no input '{t.name}' (inputs: {', '.join(i.name for i in m.inputs)})")
+            if t.name in values:
+                raise V2Error(400, f"input '{t.name}' given twice")
+            if t.datatype != spec.datatype:
+                raise V2Error(400, f"input '{t.name}': datatype {t.datatype}, model '{m.name}' expects {spec.datatype}")
+            shape = t.shape
+            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
+                raise V2Error(400, f"input '{t.name}': shape {shape} does not match {spec.shape}" + (f" {self.shape_note}" if self.shape_note else ""))
+            if not 1 <= shape[0] <= m.max_batch_size:
+                raise V2Error(400, f"input '{t.name}': batch of {shape[0]}; model '{m.name}' takes 1 to {m.max_batch_size}")
+            if batch is not None and shape[0] != batch:
+                raise V2Error(400, f"inputs disagree on the batch size ({batch} vs {shape[0]})")
+            batch = shape[0]
+            self.check_input(m, t)
+            values[t.name] = t.data
+        missing = [i.name for i in m.inputs if not i.optional and i.name not in values]
+        if missing:
+            raise V2Error(400, f"model '{m.name}' needs input(s) {', '.join(missing)}")
+        return values
+
+    def check_input(self, m: V2Model, t: Tensor) -> None:
+        """A worker's own check of one input's values, after the shared ones (raise a 400 V2Error)."""
+
+    @staticmethod
+    def wanted_outputs(m: V2Model, req: InferRequest) -> list[str]:
+        """The outputs the request asks for (all of the model's when it names none); an unknown one is a 400."""
+        wanted = [o.name for o in req.outputs] if req.outputs else [o.name for o in m.outputs]
+        for name in wanted:
+            if m.output(name) is None:
+                raise V2Error(400, f"model '{m.name}' has no output '{name}' (outputs: {', '.join(o.name for o in m.outputs)})")
+        return wanted
+
+    @staticmethod
+    def response(m: V2Model, req: InferRequest, wanted: list[str], values: dict[str, Array]) -> InferResponse:
+        """The answer: the ``wanted`` tensors of ``values`` in the datatypes the model declares."""
+        outputs = []
+        for name in wanted:
+            spec = m.output(name)
+            assert spec is not None
+            data = values[name]
+            outputs.append(Tensor(name, spec.datatype, data if spec.datatype == "BYTES" else data.astype(DTYPES[spec.datatype], copy=False)))
+        return InferResponse(model=m.name, version=req.version or m.versions[-1], outputs=outputs, id=req.id)
 
     # ------------------------------------------------------------ inference
 
