@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from switchyard.devstack.stack import Stack, StackConfig, vllm_dirs
 from switchyard_bench import ab, llm, pii, recsys, submit, ttft, vision
@@ -40,19 +42,32 @@ def main() -> None:
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
-    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=args.postgres_dsn, worker_concurrency=4, engine_parallel=4,
-                                vision="vision" in args.which, vllm=None if "ttft" in args.which else False,
-                                # The submission benchmark builds a backlog on purpose: no admission limit.
-                                api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
+    which = set(args.which)
+
+    def run(stack: Stack) -> None:
+        if "submit" in which:
+            submit.run(stack)
+        if "ttft" in which:
+            ttft.run(stack)
+        if "vision" in which:
+            vision.run(stack)
+
+    # The submission benchmark builds a backlog on purpose (no admission limit: _on_stack).
+    _on_stack(_config(args.postgres_dsn, vision="vision" in which, vllm=None if "ttft" in which else False), run)
+
+
+def _config(postgres_dsn: str, **kw: Any) -> StackConfig:
+    """A benchmark's stack on free ports; its open loops and backlogs are far above the default
+    per-model backlog, so no admission limit."""
+    return StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
+                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"}, **kw)
+
+
+def _on_stack(cfg: StackConfig, run: Callable[[Stack], None]) -> None:
     stack = Stack(cfg)
     stack.start()
     try:
-        if "submit" in args.which:
-            submit.run(stack)
-        if "ttft" in args.which:
-            ttft.run(stack)
-        if "vision" in args.which:
-            vision.run(stack)
+        run(stack)
     finally:
         stack.stop()
 
@@ -60,55 +75,27 @@ def main() -> None:
 def run_pii(postgres_dsn: str) -> None:
     """Redaction cost in process, then TTFT on a redact and a pass model of one llama.cpp (pii.py)."""
     in_process = pii.in_process()  # before the stack starts: nothing else on the CPUs
-    state = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    cfg = StackConfig.ephemeral(state, postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4, vision=False, vllm=False)
-    cfg.catalog_overlays.append(pii.overlay(state, cfg.engine_port))
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        pii.run(stack, in_process)
-    finally:
-        stack.stop()
+    cfg = _config(postgres_dsn, vision=False, vllm=False)
+    cfg.catalog_overlays.append(pii.overlay(cfg.state_dir, cfg.engine_port))
+    _on_stack(cfg, lambda stack: pii.run(stack, in_process))
 
 
 def run_recsys(postgres_dsn: str) -> None:
-    """The recsys realtime lane (recsys.py): the recsys worker required, no vLLM; the open-loop rates
-    are far above the default per-model backlog, so no admission limit."""
-    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
-                                recsys=True, vllm=False, api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        recsys.run(stack)
-    finally:
-        stack.stop()
+    """The recsys realtime lane (recsys.py): the recsys worker required, no vLLM."""
+    _on_stack(_config(postgres_dsn, recsys=True, vllm=False), recsys.run)
 
 
 def run_ab(postgres_dsn: str, baseline_rev: str) -> None:
-    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
-                                vision=True, vllm=False, api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        ab.run(stack, baseline_rev)
-    finally:
-        stack.stop()
+    _on_stack(_config(postgres_dsn, vision=True, vllm=False), lambda stack: ab.run(stack, baseline_rev))
 
 
 def run_llm(postgres_dsn: str) -> None:
     """The LLM lane vs LiteLLM's proxy and the engine (llm.py): llama.cpp, and vLLM when installed;
     LiteLLM from its own venv (build-support/setup-litellm.sh)."""
     subprocess.run([str(ROOT / "build-support" / "setup-litellm.sh")], check=True)
-    state = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    cfg = StackConfig.ephemeral(state, postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4, vision=False, recsys=False,
-                                vllm=all(p.exists() for p in vllm_dirs()), api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"})
-    cfg.catalog_overlays.append(llm.overlay(state, cfg.engine_port, cfg.vllm_port if cfg.vllm else None))
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        llm.run(stack)
-    finally:
-        stack.stop()
+    cfg = _config(postgres_dsn, vision=False, recsys=False, vllm=all(p.exists() for p in vllm_dirs()))
+    cfg.catalog_overlays.append(llm.overlay(cfg.state_dir, cfg.engine_port, cfg.vllm_port if cfg.vllm else None))
+    _on_stack(cfg, llm.run)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import LLM_MODEL, Stack
 from switchyard_bench.ab import median_ci
-from switchyard_bench.stats import RESULTS, cpu_model, pct
+from switchyard_bench.stats import RESULTS, cpu_model, pct, started_server
 
 ROUNDS = int(os.environ.get("SWITCHYARD_BENCH_LLM_ROUNDS", "60"))
 CONCURRENCY = (1, 4)
@@ -87,15 +87,21 @@ def _prompt() -> str:
 async def streamed(http: httpx.AsyncClient, t: Target) -> Sample:
     rid = f"bench-{uuid.uuid4().hex}"
     body = {"model": t.model, "messages": [{"role": "user", "content": _prompt()}], "max_tokens": MAX_TOKENS, "stream": True, "temperature": 0.0}
-    t0 = time.perf_counter()
-    stamps: list[float] = []
-    async with http.stream("POST", f"{t.url}/v1/chat/completions", json=body, headers={**t.headers, "X-Request-Id": rid}) as r:
-        assert r.status_code == 200, (t.name, (await r.aread())[:300])
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if (choices[0].get("delta") or {}).get("content"):
-                    stamps.append(time.perf_counter())
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        stamps: list[float] = []
+        try:
+            async with http.stream("POST", f"{t.url}/v1/chat/completions", json=body, headers={**t.headers, "X-Request-Id": rid}) as r:
+                assert r.status_code == 200, (t.name, (await r.aread())[:300])
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        choices = json.loads(line[6:]).get("choices") or [{}]
+                        if (choices[0].get("delta") or {}).get("content"):
+                            stamps.append(time.perf_counter())
+            break
+        except httpx.RemoteProtocolError:  # a pooled connection the server had closed: once more, timed anew
+            if attempt == 2 or stamps:
+                raise
     assert stamps, f"{t.name}: no token"
     itl = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000 if len(stamps) > 1 else None
     return Sample((stamps[0] - t0) * 1000, itl, rid)
@@ -104,8 +110,14 @@ async def streamed(http: httpx.AsyncClient, t: Target) -> Sample:
 async def whole(http: httpx.AsyncClient, t: Target) -> Sample:
     rid = f"bench-{uuid.uuid4().hex}"
     body = {"model": t.model, "messages": [{"role": "user", "content": _prompt()}], "max_tokens": 1, "temperature": 0.0}
-    t0 = time.perf_counter()
-    r = await http.post(f"{t.url}/v1/chat/completions", json=body, headers={**t.headers, "X-Request-Id": rid})
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        try:
+            r = await http.post(f"{t.url}/v1/chat/completions", json=body, headers={**t.headers, "X-Request-Id": rid})
+            break
+        except httpx.RemoteProtocolError:  # as in streamed()
+            if attempt == 2:
+                raise
     assert r.status_code == 200, (t.name, r.text[:300])
     return Sample((time.perf_counter() - t0) * 1000, None, rid)
 
@@ -114,7 +126,7 @@ async def interleaved(targets: list[Target], concurrency: int, stream: bool, rou
     """Per round, every target in a fresh random order, ``concurrency`` requests at once each."""
     out: dict[str, list[Sample]] = {t.name: [] for t in targets}
     call = streamed if stream else whole
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_keepalive_connections=32)) as http:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=1.0)) as http:
         for i in range(warmup + rounds):
             order = random.sample(targets, len(targets))
             for t in order:
@@ -206,21 +218,11 @@ def start_litellm(state_dir: Path, engines: dict[str, str], master_key: str) -> 
     port = free_port()
     env = {**os.environ, "LITELLM_MASTER_KEY": master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "True"}
     env.pop("DATABASE_URL", None)
-    log = (state_dir / "logs" / "litellm.log").open("wb")
+    log = state_dir / "logs" / "litellm.log"
     proc = subprocess.Popen([str(litellm_bin()), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"LiteLLM exited ({state_dir / 'logs' / 'litellm.log'})"
-        try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError("LiteLLM did not answer in 180 s")
+    return started_server("LiteLLM", proc, f"{url}/health/liveliness", log, 180), url
 
 
 # ------------------------------------------------------------------ the run

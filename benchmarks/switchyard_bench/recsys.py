@@ -43,7 +43,7 @@ from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import Stack
 from switchyard_bench.ab import median_ci
-from switchyard_bench.stats import RESULTS, cpu_model, pct
+from switchyard_bench.stats import RESULTS, cpu_model, pct, started_server
 from switchyard_bench.vision import open_loop
 
 ROUNDS = 400
@@ -269,17 +269,7 @@ def start_feature_server(env: dict[str, str], log: Path) -> tuple[subprocess.Pop
                              "--max-requests", "100000000"],
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"feast serve exited ({log})"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"feast serve did not answer in 120 s ({log})")
+    return started_server("feast serve", proc, f"{url}/health", log, 120), url
 
 
 def summary(ms: list[float]) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,20 @@ def first_token_ms(client: httpx.Client, url: str, body: dict[str, Any]) -> floa
                         pass
                     return ms
     raise AssertionError("no token")
+
+
+def started_server(name: str, proc: subprocess.Popen[bytes], health_url: str, log: Path, timeout_s: float) -> subprocess.Popen[bytes]:
+    """``proc`` once ``health_url`` answers 200; killed, and an error naming its log, if it exits or
+    does not answer within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited ({log})")
+        try:
+            if httpx.get(health_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{name} did not answer in {timeout_s:.0f} s ({log})")
