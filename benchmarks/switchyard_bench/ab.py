@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -46,7 +45,7 @@ from switchyard.devstack.keys import DEV_SCOPES, DEV_TENANT
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.procs import Proc, free_port, http_ready
 from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal
-from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, pct
+from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, median_ci, pct
 from switchyard_bench.vision import v2_grpc, v2_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,14 +183,6 @@ def paired(before: Probe, after: Probe, rounds: int, warmup: int) -> tuple[list[
             if i >= warmup:
                 out.append(ms)
     return b, a
-
-
-def median_ci(diffs: list[float], n_boot: int = 4000, seed: int = 11) -> tuple[float, float, float]:
-    """Median of the paired differences and its bootstrap 95 % interval."""
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(diffs)
-    boots = np.median(rng.choice(arr, size=(n_boot, len(arr)), replace=True), axis=1)
-    return float(np.median(arr)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def run(stack: Stack, baseline_rev: str, rounds: int = 300, llm_rounds: int = 80) -> None:

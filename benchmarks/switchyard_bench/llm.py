@@ -40,8 +40,7 @@ from sqlalchemy.engine import make_url
 from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import LLM_MODEL, Stack
-from switchyard_bench.ab import median_ci
-from switchyard_bench.stats import RESULTS, cpu_model, pct, started_server
+from switchyard_bench.stats import RESULTS, cpu_model, median_ci, pct, started_server
 
 ROUNDS = int(os.environ.get("SWITCHYARD_BENCH_LLM_ROUNDS", "60"))
 CONCURRENCY = (1, 4)

@@ -32,8 +32,7 @@ import httpx
 
 from switchyard.common.pii import PiiGuard, PiiSettings
 from switchyard.devstack.stack import LLM_MODEL, Stack
-from switchyard_bench.ab import median_ci
-from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, pct
+from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, median_ci, pct
 
 PASS_MODEL = "smollm2-pii-pass"
 SIZES = (200, 1_000, 4_000, 16_000)

@@ -42,8 +42,7 @@ from switchyard.common.request_log import OVERHEAD_HEADER
 from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import Stack
-from switchyard_bench.ab import median_ci
-from switchyard_bench.stats import RESULTS, cpu_model, pct, started_server
+from switchyard_bench.stats import RESULTS, cpu_model, median_ci, pct, started_server
 from switchyard_bench.vision import open_loop
 
 ROUNDS = 400

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from switchyard.devstack.host import host_cpu
 
@@ -47,6 +48,14 @@ def save(bench: str, rows: list[dict[str, Any]], notes: dict[str, Any]) -> Path:
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (RESULTS / f"{bench}.md").write_text(f"# {bench}\n\n{json.dumps(meta, indent=2)}\n\n{table(rows)}\n")
     return out
+
+
+def median_ci(diffs: list[float], n_boot: int = 4000, seed: int = 11) -> tuple[float, float, float]:
+    """Median of the paired differences and its bootstrap 95 % interval."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(diffs)
+    boots = np.median(rng.choice(arr, size=(n_boot, len(arr)), replace=True), axis=1)
+    return float(np.median(arr)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def cpu_model() -> str:

@@ -4,35 +4,45 @@ top-5) through Nginx + API + worker, vs the same work done by the client calling
 
 Concurrency 1 isolates per-request overhead. Its probes are interleaved (one request of each, in a
 shuffled order, per round) so that drift on this shared 2-core machine lands on every row alike
-instead of on whichever row ran during it. The open-loop rate test schedules requests at a fixed rate
-(latency measured from the scheduled send time, so queueing counts) as a steady load would.
+instead of on whichever row ran during it, and the hops are paired round by round (median difference,
+bootstrap 95 % CI): Nginx (via Nginx − the API without it), the API (API − worker), the worker
+(worker − Triton with the client's own DALI). The open-loop rate test schedules requests at a fixed
+rate (latency measured from the scheduled send time, so queueing counts) as a steady load would; the
+worker alone and the ingress run back to back at each rate up to saturation, and the report gives the
+highest rate where each holds P99 < 50 ms and the p50 the ingress adds at the rates both hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
 
-import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as triton_aio
 import tritonclient.utils.shared_memory as triton_shm
+import uvloop
 from PIL import Image
 
+from switchyard.common.http1 import Http1Client
 from switchyard.devstack.models import cache_dir, sample_images
 from switchyard.devstack.stack import Stack
 from switchyard.worker_vision.preprocess import CROP, MEAN, SHORTER, STD, DaliPreprocessor
-from switchyard_bench.stats import save, summarize, table
+from switchyard_bench.stats import RESULTS, median_ci, pct, save, summarize, table
 
 N = 500
-RATES_RPS = (20, 40)
+RATES_RPS = (20, 40)  # Triton called directly
+# The realtime lane near saturation (issue 14): the worker alone and through Nginx + API, back to back
+# at each rate: the highest rate where each holds P99 < 50 ms, and what the ingress adds there.
+LANE_RATES_RPS = (10, 20, 30, 40, 50, 60, 80)
 RATE_SECONDS = 15
+P99_BUDGET_MS = 50.0
 MODEL = "vision-classify"
 
 
@@ -161,20 +171,36 @@ async def open_loop(send: Callable[[], Awaitable[None]], rate: float, seconds: f
     return ms, time.perf_counter() - start
 
 
-def rate_through_ingress(stack: Stack, image: bytes, rate: int) -> tuple[list[float], float]:
+def rate_v2(url: str, image: bytes, rate: int, key: str | None = None) -> tuple[list[float], float, int]:
+    """Open loop of V2 REST infers of vision-classify at ``url`` (the ingress, or the worker's own
+    port); (latencies ms, seconds, errors). The lean HTTP/1.1 client with the body encoded once: on
+    2 shared cores httpx's AsyncClient queued requests in the generator itself (bench recsys)."""
     inp = httpclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
     body, json_size = httpclient.InferenceServerClient.generate_request_body([inp], outputs=[httpclient.InferRequestedOutput("labels", binary_data=False)])
-    headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream", "Authorization": f"Bearer {stack.dev_key}"}
+    headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
 
-    async def go() -> tuple[list[float], float]:
-        async with httpx.AsyncClient(base_url=stack.ingress, timeout=30, limits=httpx.Limits(max_connections=64)) as c:
-            async def send() -> None:
-                r = await c.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
-                r.raise_for_status()
-            return await open_loop(send, rate, RATE_SECONDS)
+    async def go() -> tuple[list[float], float, int]:
+        errors = 0
+        http = Http1Client.for_url(url, timeout_s=30)
 
-    return asyncio.run(go())
+        async def send() -> None:
+            nonlocal errors
+            try:
+                r = await http.request("POST", f"/v2/models/{MODEL}/infer", body, headers)
+                errors += r.status != 200
+            except OSError:
+                errors += 1
+
+        try:
+            ms, secs = await open_loop(send, rate, RATE_SECONDS)
+        finally:
+            await http.close()
+        return ms, secs, errors
+
+    return uvloop.run(go())
 
 
 def rate_direct(stack: Stack, direct: Direct, rate: int) -> tuple[list[float], float]:
@@ -197,23 +223,36 @@ def run(stack: Stack) -> None:
     china = imgs["china"]
     direct = Direct(stack, china)
     base, base_shm = "Triton direct (client DALI + Triton HTTP), conc 1", "Triton direct, input in shared memory, conc 1"
+    via, via_grpc = "vision-classify via Nginx+API (V2 HTTP), conc 1", "vision-classify via Nginx+API (V2 gRPC), conc 1"
+    api_direct, worker = "vision-classify via the API, no Nginx (V2 HTTP), conc 1", "vision-classify on the worker (V2 HTTP), conc 1"
     probes: dict[str, tuple[Callable[[], list[str]], str | None]] = {
         base: (direct, None),
         base_shm: (direct.with_shared_memory, None),
-        "vision-classify via Nginx+API (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.http_port}", china, stack.dev_key), base),
-        "vision-classify via Nginx+API (V2 gRPC), conc 1": (v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china, stack.dev_key), base),
-        "vision-classify on the worker (V2 HTTP), conc 1": (v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), base),
+        via: (v2_http(f"127.0.0.1:{stack.cfg.http_port}", china, stack.dev_key), base),
+        via_grpc: (v2_grpc(f"127.0.0.1:{stack.cfg.grpc_port}", china, stack.dev_key), base),
+        api_direct: (v2_http(f"127.0.0.1:{stack.cfg.api_port}", china, stack.dev_key), base),
+        worker: (v2_http(f"127.0.0.1:{stack.cfg.vision_http_port}", china), base),
     }
     for name, (fn, _) in probes.items():
         assert fn()[0] == "palace", f"{name}: wrong answer"
     latencies = interleaved({name: fn for name, (fn, _) in probes.items()}, N)
     direct.close()
     rows = [summarize(name, latencies[name], sum(latencies[name]) / 1000, b) for name, (_, b) in probes.items()]
+    paired = []
+    for a, b in ((via, worker), (via_grpc, worker), (via, api_direct), (api_direct, worker), (worker, base_shm), (via, base)):
+        med, lo, hi = median_ci([x - y for x, y in zip(latencies[a], latencies[b], strict=True)])
+        paired.append({"name": f"{a.removesuffix(', conc 1')} − {b.removesuffix(', conc 1')}", "median_ms": round(med, 2), "ci95_ms": [round(lo, 2), round(hi, 2)]})
     for rate in RATES_RPS:
         ms, secs = rate_direct(stack, direct, rate)
         rows.append(summarize(f"Triton direct, {rate} req/s open loop", ms, secs))
-        ms, secs = rate_through_ingress(stack, china, rate)
-        rows.append(summarize(f"vision-classify via Nginx+API, {rate} req/s open loop", ms, secs, f"Triton direct, {rate} req/s open loop"))
+    lane: list[dict[str, Any]] = []
+    ingress = f"http://127.0.0.1:{stack.cfg.http_port}"
+    for rate in LANE_RATES_RPS:
+        for target, url, key in (("worker direct", f"http://127.0.0.1:{stack.cfg.vision_http_port}", None), ("via Nginx + API", ingress, stack.dev_key)):
+            ms, secs, errors = rate_v2(url, china, rate, key)
+            lane.append({"rate": rate, "target": target, "n": len(ms), "errors": errors, "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(pct(ms, 99), 2),
+                         "holds": errors == 0 and pct(ms, 99) < P99_BUDGET_MS})
+            rows.append(summarize(f"vision-classify {target}, {rate} req/s open loop", ms, secs))
 
     # Preprocessing alone, per image, in this process.
     dali = direct.dali
@@ -225,11 +264,30 @@ def run(stack: Stack) -> None:
         ms, secs = timed(lambda jpegs=jpegs: [pillow_preprocess(j) for j in jpegs], N // batch)  # type: ignore[misc]
         rows.append(summarize(f"preprocess Pillow, batch {batch}, per image", [m / batch for m in ms], secs / batch))
     print(table(rows))
-    out = save("vision", rows, {
+    highest = {t: max((r["rate"] for r in lane if r["target"] == t and r["holds"]), default=0) for t in ("worker direct", "via Nginx + API")}
+    text = lane_report(paired, lane, highest)
+    print(text)
+    out = save("vision", rows, {"paired_conc1": paired, "lane_open_loop": lane, "highest_rate_p99_under_50ms": highest,
         "model": MODEL, "image": "scikit-learn china.jpg (640x427 JPEG)", "n_per_row": N, "open_loop": f"{RATES_RPS} req/s, {RATE_SECONDS} s each",
         "notes": "Load generator, Nginx, API, worker (DALI CPU) and Triton (onnxruntime, 2 threads) share the machine's cores. "
                  "Direct = the client does DALI itself and calls Triton's efficientnet_lite0 over HTTP: the work vision-classify does, minus the platform. "
                  "The worker hands Triton its input through system shared memory; 'input in shared memory' is the direct client doing the same. "
                  "Concurrency-1 rows are interleaved request by request (req/s there = 1 / mean latency).",
     })
+    with (RESULTS / "vision.md").open("a") as f:
+        f.write(f"\n{text}\n")
     print(f"results: {out}")
+
+
+def lane_report(paired: list[dict[str, Any]], lane: list[dict[str, Any]], highest: dict[str, int]) -> str:
+    lines = ["| paired difference per round, conc 1 | median ms | 95 % CI |", "|---|---|---|"]
+    lines += [f"| {p['name']} | {p['median_ms']:+.2f} | [{p['ci95_ms'][0]:+.2f}, {p['ci95_ms'][1]:+.2f}] |" for p in paired]
+    lines += ["", "| open loop, V2 HTTP | req/s | n | errors | p50 ms | p99 ms | P99 < 50 ms |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['rate']} | {r['n']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {'yes' if r['holds'] else 'NO'} |" for r in lane]
+    by = {(r["rate"], r["target"]): r for r in lane}
+    lines += ["", "| rate both hold | p50 added by Nginx + API, ms |", "|---|---|"]
+    lines += [f"| {rate} | {by[(rate, 'via Nginx + API')]['p50_ms'] - by[(rate, 'worker direct')]['p50_ms']:+.2f} |"
+              for rate in LANE_RATES_RPS if by[(rate, "worker direct")]["holds"] and by[(rate, "via Nginx + API")]["holds"]]
+    lines += ["", f"Highest rate with P99 < 50 ms: worker direct {highest['worker direct']} req/s, through Nginx + API {highest['via Nginx + API']} req/s "
+              f"(of {', '.join(map(str, LANE_RATES_RPS))})."]
+    return "\n".join(lines)

@@ -24,3 +24,9 @@ def test_bf16_host_keeps_bfloat16() -> None:
 def test_this_host_is_read() -> None:
     cpu = host_cpu()
     assert cpu.cpus >= 1 and cpu.model != "unknown" and cpu.flags  # Linux CI hosts have /proc/cpuinfo
+
+
+def test_engine_threads_leave_the_platform_its_share() -> None:
+    by_cpus = {n: parse_cpuinfo(SAPPHIRE, n) for n in (1, 2, 4, 8, 16, 64)}
+    assert {n: c.llamacpp_threads() for n, c in by_cpus.items()} == {1: 1, 2: 1, 4: 1, 8: 2, 16: 4, 64: 8}
+    assert {n: c.vllm_cpus() for n, c in by_cpus.items()} == {1: "0", 2: "0", 4: "2-3", 8: "4-7", 16: "8-15", 64: "32-39"}

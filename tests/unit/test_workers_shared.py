@@ -44,8 +44,15 @@ CONFIG = V2Config.model_validate({
 })
 
 
+# Triton's onnxruntime backend out of memory, as the worker's Triton backend reports it (the text's
+# source: tests/unit/test_oom.py).
+TRITON_ORT_OOM = ("onnx runtime error 6: Non-zero status code returned while running Conv node. Name:'conv1' Status Message: "
+                  "bfc_arena.cc:376 AllocateRawInternal Failed to allocate memory for requested buffer of size 1073741824")
+
+
 class Doubler(LocalDataPlane):
-    """y = 2x (+ bias), n = the row's index; parameter ``fail``: answer that V2 error status instead."""
+    """y = 2x (+ bias), n = the row's index; parameter ``fail``: answer that V2 error status instead;
+    ``oom_above``: out of memory (Triton's text) for a batch of more rows than that."""
 
     shape_note = "(rows of two)"
 
@@ -69,6 +76,8 @@ class Doubler(LocalDataPlane):
         wanted = self.wanted_outputs(m, req)
         if "fail" in req.parameters:
             raise V2Error(int(req.parameters["fail"]), "refused")
+        if len(values["x"]) > int(req.parameters.get("oom_above", len(values["x"]))):
+            raise V2Error(503, f"backend b (Triton model m): {TRITON_ORT_OOM}")
         values["y"] = values["x"] * 2 + values.get("bias", 0)
         values["n"] = np.arange(len(values["x"]), dtype=np.int64)
         return self.response(m, req, wanted, values)
@@ -174,6 +183,29 @@ async def test_a_retried_attempt_resumes_after_its_checkpoint(plane: Doubler) ->
     env.info = replace(env.info, attempt=2, heartbeat_details=[[-1.0, -2.0]])  # not what the plane answers: proves it was kept
     run = await env.run(double_job, plane, books, spec(), [1.0, 2.0, 3.0], 2)
     assert run.done == [-1.0, -2.0, 6.0] and run.steps == [(2, 3)] and books.events == [("progress", {"done": 3, "total": 3})]
+
+
+@pytest.mark.asyncio
+async def test_out_of_memory_splits_the_chunk_and_keeps_the_smaller_size(plane: Doubler) -> None:
+    run = await ActivityEnvironment().run(double_job, plane, FakeBooks(), spec(), [1.0, 2.0, 3.0, 4.0, 5.0], 4, oom_above=1)
+    assert run.done == [2.0, 4.0, 6.0, 8.0, 10.0]
+    assert run.steps == [(0, 4), (0, 2), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # 4 and 2 ran out of memory; 1 from then on
+    assert run.attempt.chunk_size == 1  # also the checkpoint's: a retried attempt starts with it (below)
+    resumed = await _resume(plane, [[2.0], 1], [1.0, 2.0, 3.0], chunk=4)
+    assert resumed.steps == [(1, 2), (2, 3)] and resumed.done == [2.0, 4.0, 6.0]
+
+
+async def _resume(plane: Doubler, details: list[Any], rows: list[float], chunk: int) -> Run:
+    env = ActivityEnvironment()
+    env.info = replace(env.info, attempt=2, heartbeat_details=details)
+    return cast(Run, await env.run(double_job, plane, FakeBooks(), spec(), rows, chunk))
+
+
+@pytest.mark.asyncio
+async def test_one_item_out_of_memory_fails_the_attempt_as_retryable(plane: Doubler) -> None:
+    with pytest.raises(ApplicationError) as e:
+        await ActivityEnvironment().run(double_job, plane, FakeBooks(), spec(), [1.0, 2.0], 2, oom_above=0)
+    assert (e.value.type, e.value.non_retryable) == ("EngineOutOfMemory", False) and "Failed to allocate memory" in e.value.message
 
 
 @pytest.mark.asyncio

@@ -4,6 +4,12 @@ figure names (AVX-512 or not changes vLLM's speed about 3x; bf16 without hardwar
 On an AVX2-only host vLLM's CPU backend runs ``--dtype bfloat16`` by emulation: a TTFT of 1.40 s at
 concurrency 1 against 0.45 s with ``float32`` (same machine, same minute; issue 14). So bfloat16 is
 chosen only where the CPU computes it natively (AVX512-BF16 or AMX-BF16).
+
+Threads: the local platform runs two llama.cpp servers, vLLM, the API, the workers, Nginx, Temporal
+and Redis on the same cores, so no engine gets them all: each llama.cpp server a quarter (at least
+one, at most eight: a small model's decode is memory-bound and stops gaining past that), vLLM's
+OpenMP threads bound to the upper half of the cores (core 0 alone on a 2-core host), the rest left
+to the platform.
 """
 
 from __future__ import annotations
@@ -34,6 +40,17 @@ class HostCpu:
         if self.native_bf16:
             return "the CPU computes bfloat16 natively (AVX512-BF16/AMX)"
         return "no AVX512-BF16/AMX on this CPU: bfloat16 would be emulated (about 3x slower), so float32"
+
+    def llamacpp_threads(self) -> int:
+        return max(1, min(8, self.cpus // 4))
+
+    def vllm_cpus(self) -> str:
+        """``VLLM_CPU_OMP_THREADS_BIND``: the cores vLLM's OpenMP threads are pinned to (by index
+        among the cores this process may use, which is what vLLM binds)."""
+        if self.cpus <= 2:
+            return "0"
+        half = self.cpus // 2
+        return f"{half}-{min(self.cpus, half + 8) - 1}"
 
     def describe(self) -> str:
         """e.g. ``AMD EPYC, 2 CPUs, flags avx2`` (the notable SIMD flags present)."""

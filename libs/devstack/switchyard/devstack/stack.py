@@ -106,7 +106,8 @@ class StackConfig:
     ingress_rate_rps: int = 5000
     ingress_burst: int = 10000
     worker_concurrency: int = 4
-    engine_threads: int = 1
+    # llama.cpp threads per server; None: from the host's CPU count (switchyard.devstack.host).
+    engine_threads: int | None = None
     engine_parallel: int = 4
     ui: bool = True
     # Extra environment for the API process (e.g. SWITCHYARD_MAX_PENDING_PER_MODEL).
@@ -369,11 +370,18 @@ class Stack:
                     "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
                     "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
                     # Fairness keys (one per tenant): a tenant's backlog does not starve another's at the same priority.
-                    "--dynamic-config-value", "matching.enableFairness=true"]
+                    "--dynamic-config-value", "matching.enableFairness=true",
+                    # An activity scheduled by a workflow task comes back in that task's response to the
+                    # worker that completed it (a free slot permitting), not through matching: one round
+                    # trip less per job step (the engine call, job.finish). docs/llm-speed.md.
+                    "--dynamic-config-value", "system.enableActivityEagerExecution=true"]
         temporal += ["--ui-port", str(c.temporal_ui_port)] if c.ui else ["--headless"]
         env = python_env(self._env())
         self.procs["temporal"] = Proc("temporal", temporal, dict(os.environ), self._log("temporal"), tcp_ready(c.temporal_port))
-        llama = [py, "-m", "switchyard.devstack.llamacpp", "--threads", str(c.engine_threads), "--parallel", str(c.engine_parallel)]
+        cpu = host_cpu()
+        threads = c.engine_threads or cpu.llamacpp_threads()
+        self.notes.append(f"llama.cpp --threads {threads} per server ({cpu.cpus} CPUs: a quarter each, 1 to 8)")
+        llama = [py, "-m", "switchyard.devstack.llamacpp", "--threads", str(threads), "--parallel", str(c.engine_parallel)]
         self.procs["engine"] = Proc("engine", [*llama, "--model", str(models.smollm2_gguf(fetch=False)), "--alias", LLM_MODEL, "--port", str(c.engine_port), "--embeddings"],
                                     env, self._log("engine"), http_ready(f"http://127.0.0.1:{c.engine_port}/health"), ready_timeout_s=120)
         template = c.state_dir / "gemma3-chat.jinja"
@@ -383,10 +391,9 @@ class Stack:
                                           env, self._log("engine-gemma"), http_ready(f"http://127.0.0.1:{c.gemma_port}/health"), ready_timeout_s=120)
         if c.vllm:
             python, model_dir = vllm_dirs()
-            cpu = host_cpu()
-            self.notes.append(f"vLLM --dtype {cpu.vllm_dtype()}: {cpu.vllm_dtype_reason()} ({cpu.describe()})")
+            self.notes.append(f"vLLM --dtype {cpu.vllm_dtype()}: {cpu.vllm_dtype_reason()} ({cpu.describe()}); OpenMP threads on cores {cpu.vllm_cpus()}")
             env_vllm = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv, not ours
-            env_vllm.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0", VLLM_NO_USAGE_STATS="1",
+            env_vllm.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND=cpu.vllm_cpus(), VLLM_NO_USAGE_STATS="1",
                             VLLM_CACHE_ROOT=str(c.state_dir / "vllm-cache"))
             # vLLM's own tracing continues the worker's traceparent (span "llm_request"); OTLP/HTTP as ours.
             trace_vllm = ["--otlp-traces-endpoint", traces_url(c.otlp_endpoint)] if c.otlp_endpoint else []

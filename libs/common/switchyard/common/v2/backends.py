@@ -20,6 +20,7 @@ import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from switchyard.common import tracing
+from switchyard.common.engines.oom import as_out_of_memory
 from switchyard.common.http1 import Http1Client
 from switchyard.common.v2.config import Backend
 from switchyard.common.v2.errors import V2Error, error_message
@@ -129,10 +130,15 @@ class OnnxRuntimeBackend:
     async def infer(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         with tracing.internal_span(f"onnxruntime {self.name}", {"switchyard.engine": "onnxruntime", "switchyard.backend": self.name,
                                                                 "switchyard.batch": int(batch.shape[0])}):
-            if self.inline:
-                (out,) = self._session.run([self._out], {self._in: batch})
-            else:  # onnxruntime releases the GIL: run it beside the event loop
-                (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
+            try:
+                if self.inline:
+                    (out,) = self._session.run([self._out], {self._in: batch})
+                else:  # onnxruntime releases the GIL: run it beside the event loop
+                    (out,) = await asyncio.to_thread(self._session.run, [self._out], {self._in: batch})
+            except Exception as e:  # onnxruntime's own (RuntimeException, Fail): out of memory keeps its text for the job lane
+                if (oom := as_out_of_memory(e)) is not None:
+                    raise V2Error(503, f"backend {self.name}: {oom.message}") from None
+                raise
         return np.asarray(out)
 
     async def ready(self) -> bool:
