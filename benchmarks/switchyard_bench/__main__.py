@@ -2,7 +2,8 @@
 ``./switchyard bench ab --baseline-rev REV`` (the working tree against REV, paired; see ab.py), or
 ``./switchyard bench pii`` (what PII redaction costs; see pii.py), or ``./switchyard bench recsys``
 (recommendations: platform vs worker vs Feast's feature server + the model; see recsys.py), or
-``./switchyard bench llm`` (the LLM lane vs LiteLLM's proxy and the engine, paired; see llm.py).
+``./switchyard bench llm`` (the LLM lane vs LiteLLM's proxy and the engine, paired; see llm.py), or
+``./switchyard bench temporal`` (Temporal's share of a job's start, sandbox and eager on/off; temporal_hop.py).
 
 Each benchmark measures the platform and, in the same run, a baseline without it (the engine
 called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
@@ -18,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.devstack.stack import Stack, StackConfig, vllm_dirs
-from switchyard_bench import ab, llm, pii, recsys, submit, ttft, vision
+from switchyard_bench import ab, llm, pii, recsys, submit, temporal_hop, ttft, vision
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="switchyard bench")
-    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii, recsys or llm alone")
+    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii, recsys, llm or temporal alone")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
     ap.add_argument("--baseline-rev", help="ab: the git revision to compare the working tree with")
     args = ap.parse_args()
@@ -39,6 +40,8 @@ def main() -> None:
         return run_recsys(args.postgres_dsn)
     if args.which == ["llm"]:
         return run_llm(args.postgres_dsn)
+    if args.which == ["temporal"]:
+        return temporal_hop.run()
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
