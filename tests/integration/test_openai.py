@@ -216,11 +216,13 @@ def test_client_disconnect_while_waiting_cancels_a_non_streamed_completion(stack
             while not (job_id and busy) and time.monotonic() < deadline and not waiting.done():
                 await asyncio.sleep(0.1)
                 if job_id is None:
-                    jobs = (await api.get("/v1/jobs", params={"domain": "llm", "limit": 5})).json()["data"]
+                    jobs = (await api.get("/v1/jobs", params={"domain": "llm", "limit": 50})).json()["data"]
                     job_id = next((j["id"] for j in jobs if j["metadata"].get("user") == user), None)
                 else:
                     busy = await _engine_running(stack, LLM_MODEL)
-            assert job_id and busy > 0, f"job {job_id}: the engine never reported it as running"
+            answered = waiting.result() if waiting.done() and not waiting.exception() else None
+            assert job_id and busy > 0, (f"job {job_id}: the engine never reported it as running "
+                                         f"(the completion answered {answered.status_code if answered else None}: {answered.text[:300] if answered else ''})")
             assert not waiting.done(), "the completion ended before the client left"
             waiting.cancel()  # the client stops waiting...
             with contextlib.suppress(asyncio.CancelledError):

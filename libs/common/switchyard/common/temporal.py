@@ -10,6 +10,7 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, HeaderCodecBehavior, Interceptor
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from switchyard.common import tracing
@@ -74,6 +75,22 @@ async def connect(settings: CommonSettings, keys: KeyRing | None = None, *, metr
                                 interceptors=tracing.temporal_interceptors() if interceptors is None else interceptors)
 
 
+# The error type of an attempt a draining worker hands back (switchyard.common.drain): retryable,
+# and retried after DRAIN_RETRY_DELAY whatever the attempt number, so another worker takes it at once.
+WORKER_DRAINING = "WorkerDraining"
+DRAIN_RETRY_DELAY = timedelta(milliseconds=100)
+
+
+class _HandedBack:
+    """Attempts this process handed back while draining (the drain's closing log line)."""
+
+    count = 0
+
+
+def handed_back() -> int:
+    return _HandedBack.count
+
+
 @contextlib.asynccontextmanager
 async def heartbeating(details: list[Any]) -> AsyncIterator[None]:
     """Heartbeat in the background while the body runs, with the current ``details`` (a checkpoint).
@@ -86,20 +103,46 @@ async def heartbeating(details: list[Any]) -> AsyncIterator[None]:
     now and then the cancel of an activity that publishes tokens was lost and the engine generated
     to the end for a client that had left (issue 9). A body still running one heartbeat after its
     cancellation was requested is cancelled again.
+
+    When the worker drains (SIGTERM, spot interruption: its ``Worker.shutdown()`` sets the SDK's
+    worker-shutdown event at once), the body is stopped now rather than after the worker's grace
+    period: the latest checkpoint is heartbeated and the attempt fails with a retryable
+    ``WorkerDraining`` error, so Temporal hands it to another worker without waiting for a heartbeat
+    timeout; that attempt resumes from the checkpoint.
     """
     body = asyncio.current_task()
+    draining = False
 
     async def beat() -> None:
         while True:
             activity.heartbeat(*details)
             await asyncio.sleep(HEARTBEAT_EVERY.total_seconds())
-            if body is not None and activity.is_cancelled():
+            if body is not None and (activity.is_cancelled() or draining):
                 body.cancel("Activity cancelled (again: the first cancel was swallowed)")
 
-    task = asyncio.create_task(beat())
+    async def drain() -> None:
+        nonlocal draining
+        await activity.wait_for_worker_shutdown()
+        draining = True
+        activity.heartbeat(*details)  # the checkpoint the next attempt resumes from
+        if body is not None:
+            body.cancel(WORKER_DRAINING)
+
+    tasks = [asyncio.create_task(beat()), asyncio.create_task(drain())]
     try:
         yield
+    except asyncio.CancelledError:
+        if not draining or activity.is_cancelled():
+            raise  # a real cancellation (the job was cancelled): not handed back
+        while body is not None and body.cancelling():
+            body.uncancel()  # our cancels, turned into the error below
+        _HandedBack.count += 1
+        activity.logger.info("attempt handed back: worker draining")
+        raise ApplicationError("worker draining: the attempt resumes on another worker", type=WORKER_DRAINING,
+                               next_retry_delay=DRAIN_RETRY_DELAY) from None
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

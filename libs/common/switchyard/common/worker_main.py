@@ -4,8 +4,10 @@
 payload keys and traces set up before the worker's ``main`` runs. ``serve`` is the durable lane
 every worker runs, in this order: its /metrics page, the Temporal client, PostgreSQL and Redis (job
 bookkeeping), the Temporal worker, background tasks, the realtime front ends if any; it logs
-"worker started" once they listen and returns after SIGINT/SIGTERM, when in-flight activities had
-their grace period and everything it opened is closed. What the worker opened itself (engine
+"worker started" once they listen. It drains (switchyard.common.drain) on SIGINT/SIGTERM or, with
+``spot_metadata_url`` set, a spot interruption notice: polling stops, in-flight activities hand
+their attempts back at once (another worker resumes them from their checkpoint), the realtime
+front ends finish the requests in flight; it returns once everything it opened is closed. What the worker opened itself (engine
 clients, data planes) it closes after ``serve`` returns.
 """
 
@@ -14,19 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+import httpx
 from temporalio.worker import Worker
 
-from switchyard.common import metrics_page, tracing
+from switchyard.common import metrics_page, temporal, tracing
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.store import JobStore, make_engine
+from switchyard.common.drain import Drain
 from switchyard.common.events import EventBus, make_redis
+from switchyard.common.imds import ImdsPoller
 from switchyard.common.logs import setup_logging
 from switchyard.common.payload_codec import KeyRing, keys_or_exit
 from switchyard.common.pii import PiiGuard
@@ -60,8 +65,8 @@ async def serve(settings: DomainWorkerSettings, catalog: CatalogHolder, keys: Ke
                 workflows: Sequence[type], activities: Callable[[JobBookkeeping], Sequence[Callable[..., Any]]],
                 started: Mapping[str, Any], front_ends: AbstractAsyncContextManager[Mapping[str, str]] | None = None,
                 background: Sequence[Coroutine[Any, Any, None]] = (), pii: PiiGuard | None = None) -> None:
-    """Run the worker until SIGINT/SIGTERM. ``activities``: the domain's, given the job bookkeeping
-    (``job.finish`` is added); ``started``: fields of the "worker started" line (the front ends add
+    """Run the worker until it drains (SIGINT/SIGTERM, spot interruption notice). ``activities``:
+    the domain's, given the job bookkeeping (``job.finish`` is added); ``started``: fields of the "worker started" line (the front ends add
     their addresses); ``front_ends``: the realtime lane, entered once the Temporal worker exists and
     left after it stopped; ``background``: tasks cancelled at shutdown (e.g. gauges' refreshers);
     ``pii``: results stored redacted (switchyard.common.pii)."""
@@ -73,19 +78,29 @@ async def serve(settings: DomainWorkerSettings, catalog: CatalogHolder, keys: Ke
     worker = Worker(client, task_queue=settings.task_queue, workflows=list(workflows), activities=[*activities(books), books.finish],
                     max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
     tasks = [asyncio.create_task(c) for c in background]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    drain = Drain()
+    drain.on_signals(asyncio.get_running_loop())
+    imds_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0)) if settings.spot_metadata_url else None
+    if imds_http is not None:
+        tasks.append(asyncio.create_task(drain.watch(ImdsPoller(settings.spot_metadata_url, settings.spot_poll_interval_s, imds_http))))
     catalog.reload_on_sighup()
     async with front_ends or contextlib.nullcontext({}) as addresses:
         log.info("worker started", extra={"fields": {"task_queue": settings.task_queue, **started, **addresses}})
         async with worker:
-            await stop.wait()
-            log.info("shutting down: no new tasks, in-flight ones get the grace period")
+            reason = await drain.wait()
+            began, before = time.monotonic(), temporal.handed_back()
+            log.info("drain started: polling stops, in-flight activities are handed back, realtime requests finish",
+                     extra={"fields": {"reason": reason}})
+        # Leaving the block shut the worker down: heartbeating() activities handed their attempts back
+        # at once, the others (quick bookkeeping) had the grace period.
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    # Leaving the front ends' block: they took no new requests and finished those in flight.
+    log.info("drain finished", extra={"fields": {"reason": reason, "handed_back": temporal.handed_back() - before,
+                                                 "duration_s": round(time.monotonic() - began, 3)}})
+    if imds_http is not None:
+        await imds_http.aclose()
     await redis.aclose()
     await db.dispose()

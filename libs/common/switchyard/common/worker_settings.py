@@ -18,3 +18,8 @@ class DomainWorkerSettings(CommonSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(ge=0, le=65535)
     temporal_metrics_port: int = Field(ge=0, le=65535)
+    # Spot recovery (switchyard.common.drain): the instance metadata service's base URL (AWS IMDS
+    # format, e.g. http://169.254.169.254), polled for an interruption notice; empty = not polled.
+    spot_metadata_url: str = ""
+    # How often it is polled (the cloud's notice comes about two minutes ahead).
+    spot_poll_interval_s: float = Field(default=2.0, gt=0, le=60)
