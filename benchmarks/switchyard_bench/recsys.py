@@ -43,7 +43,7 @@ from switchyard.devstack.models import cache_dir
 from switchyard.devstack.procs import free_port
 from switchyard.devstack.stack import Stack
 from switchyard_bench.stats import RESULTS, cpu_model, median_ci, pct, started_server
-from switchyard_bench.vision import open_loop
+from switchyard_bench.vision import lean_open_loop
 
 ROUNDS = 400
 RATES_RPS = (50, 100, 200, 400)
@@ -201,29 +201,9 @@ Send = Callable[[Http1Client, RecommendationQuery], Awaitable[Any]]
 
 
 def rate(send: Send, base_url: str, qs: list[RecommendationQuery], rps: int) -> tuple[list[float], float, int]:
-    """Open loop at ``rps``; (latencies ms, seconds, errors). The load generator shares the 2 cores:
-    it uses the platform's lean HTTP/1.1 client (switchyard.common.http1) on uvloop, bodies encoded
-    in advance. httpx's AsyncClient costs so much CPU per request that at 100 req/s the generator
-    itself queued requests for seconds (measured: p50 4.7 s against a worker that was 74 % idle)."""
-    async def go() -> tuple[list[float], float, int]:
-        errors = 0
-        it = iter(qs * (1 + rps * RATE_SECONDS // len(qs)))
-        http = Http1Client.for_url(base_url, timeout_s=30)
-
-        async def one() -> None:
-            nonlocal errors
-            try:
-                await send(http, next(it))
-            except (OSError, AssertionError):
-                errors += 1
-
-        try:
-            ms, secs = await open_loop(one, rps, RATE_SECONDS)
-        finally:
-            await http.close()
-        return ms, secs, errors
-
-    return uvloop.run(go())
+    """Open loop at ``rps`` over the queries in turn, bodies encoded in advance; (latencies ms, seconds, errors)."""
+    it = iter(qs * (1 + rps * RATE_SECONDS // len(qs)))
+    return lean_open_loop(base_url, lambda http: send(http, next(it)), rps, RATE_SECONDS)
 
 
 def _poster(path: str, encode: Callable[[RecommendationQuery], bytes], headers: dict[str, str]) -> Send:
