@@ -20,6 +20,10 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 
 DEFAULT_WINDOW = dt.timedelta(hours=24)
 MAX_WINDOW = dt.timedelta(days=92)
+# Times outside this range are refused (422): near datetime's own limits, a time zone's offset or the
+# default window would overflow it (0001-01-01T00:01-00:03 was a 500, found by the fuzz test).
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 class UsageRow(BaseModel):
@@ -42,6 +46,12 @@ class UsageReport(BaseModel):
 def _aware(t: dt.datetime, param: str) -> dt.datetime:
     if t.tzinfo is None:
         raise ApiError(422, "invalid_window", f"{param} needs a time zone (e.g. 2026-12-01T00:00:00Z)", param=param)
+    try:
+        in_range = EARLIEST <= t.astimezone(dt.UTC) <= LATEST
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise ApiError(422, "invalid_window", f"{param} must lie between {EARLIEST.year} and {LATEST.year}", param=param)
     return t
 
 
