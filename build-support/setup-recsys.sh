@@ -11,7 +11,7 @@
 #   data/     build-support/gen_recsys_data.py (seeded, deterministic): interactions, items, weekly user and
 #             item feature snapshots, user history at the log's end (parquet); train_recsys.py adds
 #             user_embeddings.parquet
-#   models/   build-support/train_recsys.py: retrieval.onnx, item_embeddings.npy, ranker.onnx,
+#   models/   build-support/train_recsys.py: retrieval.onnx, item_embeddings.npy, ranker.onnx, ranker_v2.onnx,
 #             popular_items.json, training_report.json (NDCG@10 / recall@50 vs popularity; fails below +10 %)
 #   triton_repository/  Triton model recsys_ranker (infra/triton/recsys_ranker.config.pbtxt.in + model.py +
 #             ranker.onnx), served by infra/triton/run-tritonserver.sh beside the vision repository

@@ -248,24 +248,17 @@ def main() -> None:
     y_l = y_l.reshape(len(users_l), RETRIEVE)[keep].ravel()
     lap("ranker_data", t0)
 
+    def fit_ranker(**params: Any) -> lgb.LGBMRanker:
+        model = lgb.LGBMRanker(objective="lambdarank", min_child_samples=20, max_bin=63, subsample=0.8, subsample_freq=1, colsample_bytree=0.9,
+                               random_state=SEED, n_jobs=2, verbose=-1, deterministic=True, force_row_wise=True, **params)
+        model.fit(x_l, y_l, group=[RETRIEVE] * int(keep.sum()), feature_name=[f for f, _ in FEATURES])
+        return model
+
     t0 = time.perf_counter()
-    ranker = lgb.LGBMRanker(
-        objective="lambdarank",
-        n_estimators=100,
-        learning_rate=0.08,
-        num_leaves=31,
-        min_child_samples=20,
-        max_bin=63,
-        subsample=0.8,
-        subsample_freq=1,
-        colsample_bytree=0.9,
-        random_state=SEED,
-        n_jobs=2,
-        verbose=-1,
-        deterministic=True,
-        force_row_wise=True,
-    )
-    ranker.fit(x_l, y_l, group=[RETRIEVE] * int(keep.sum()), feature_name=[f for f, _ in FEATURES])
+    ranker = fit_ranker(n_estimators=100, learning_rate=0.08, num_leaves=31)
+    # The ranker's second version (ranker_v2.onnx, model recsys-rank-v2): more, smaller trees, learning
+    # slower. The catalog shadows recsys-rank with it (docs/shadow.md): two versions to compare live.
+    ranker_v2 = fit_ranker(n_estimators=200, learning_rate=0.05, num_leaves=15)
     lap("ranker_fit", t0)
 
     # ---- evaluation on [T_test, END) with models and features as of T_test
@@ -286,6 +279,10 @@ def main() -> None:
     assert onnx_rows_off < 1e-3, f"ranker ONNX differs from LightGBM on {onnx_rows_off:.2%} of rows (max {onnx_max_abs_diff})"
     order = np.argsort(-s_onnx.reshape(len(users_t), RETRIEVE), axis=1, kind="stable")
     ranked_two_stage = {int(u): cand_t[u][order[j]] for j, u in enumerate(users_t)}
+    rk2_onnx = ranker_onnx(ranker_v2)
+    s_v2 = ort.InferenceSession(rk2_onnx.SerializeToString(), providers=["CPUExecutionProvider"]).run(["score"], {"features": x_t})[0].ravel()
+    order_v2 = np.argsort(-s_v2.reshape(len(users_t), RETRIEVE), axis=1, kind="stable")
+    ranked_v2 = {int(u): cand_t[u][order_v2[j]] for j, u in enumerate(users_t)}
     ranked_retrieval = {int(u): cand_t[u] for u in users_t}
     past = inter[inter.event_timestamp < t_test]
     pops = {
@@ -303,6 +300,7 @@ def main() -> None:
         results[name] = metrics(ranked, truth)
     results["retrieval_only"] = metrics(ranked_retrieval, truth)
     results["two_stage"] = metrics(ranked_two_stage, truth)
+    results["two_stage_ranker_v2"] = metrics(ranked_v2, truth)
     bar = {m: max(results["popularity_all_time"][m], results["popularity_last_7d"][m]) for m in ("ndcg@10", "recall@50")}
     lift = {m: round(results["two_stage"][m] / bar[m] - 1.0, 4) for m in bar}
     lap("evaluate", t0)
@@ -321,6 +319,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     onnx.save(rt, args.out / "retrieval.onnx")
     onnx.save(rk_onnx, args.out / "ranker.onnx")
+    onnx.save(rk2_onnx, args.out / "ranker_v2.onnx")
     np.save(args.out / "item_embeddings.npy", v_all)
     pop_recent = inter[inter.event_timestamp >= end - timedelta(days=7)].groupby("item_id").size().sort_values(ascending=False, kind="stable")
     (args.out / "popular_items.json").write_text(json.dumps([int(i) for i in pop_recent.index[:1000]]) + "\n")
@@ -349,6 +348,7 @@ def main() -> None:
             "method": "LightGBM lambdarank",
             "lightgbm": lgb.__version__,
             "trees": ranker.n_estimators,
+            "v2": {"trees": ranker_v2.n_estimators, "learning_rate": ranker_v2.learning_rate, "num_leaves": ranker_v2.num_leaves, "file": "ranker_v2.onnx"},
             "train_queries": int(keep.sum()),
             "train_rows": len(y_l),
             "positives": int(y_l.sum()),

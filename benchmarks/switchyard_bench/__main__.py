@@ -3,7 +3,12 @@
 ``./switchyard bench pii`` (what PII redaction costs; see pii.py), or ``./switchyard bench recsys``
 (recommendations: platform vs worker vs Feast's feature server + the model; see recsys.py), or
 ``./switchyard bench llm`` (the LLM lane vs LiteLLM's proxy and the engine, paired; see llm.py), or
-``./switchyard bench temporal`` (Temporal's share of a job's start, sandbox and eager on/off; temporal_hop.py).
+``./switchyard bench temporal`` (Temporal's share of a job's start, sandbox and eager on/off; temporal_hop.py), or
+``./switchyard bench capacity`` (the highest rate LiteLLM and Switchyard carry at p99 TTFT <= 500 ms in front
+of an engine stand-in, 1 and 2 API processes; capacity.py), or
+``./switchyard bench soak [--duration-s 600] [--rate LANE=RPS] [--inject-bad N]`` (mixed load over every
+domain: errors and every process's memory over time; soak.py), or ``./switchyard bench shadow`` (what shadow
+deployment costs the primary, at the default sample rate and at 100 %, paired; shadow.py).
 
 Each benchmark measures the platform and, in the same run, a baseline without it (the engine
 called directly, or the API without Nginx), and prints p50/p99, throughput and the ratio.
@@ -19,16 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.devstack.stack import Stack, StackConfig, vllm_dirs
-from switchyard_bench import ab, llm, pii, recsys, submit, temporal_hop, ttft, vision
+from switchyard_bench import ab, capacity, llm, pii, recsys, shadow, soak, submit, temporal_hop, ttft, vision
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="switchyard bench")
-    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii, recsys, llm or temporal alone")
+    ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii, recsys, llm, capacity, temporal, soak or shadow alone")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
     ap.add_argument("--baseline-rev", help="ab: the git revision to compare the working tree with")
+    sk = ap.add_argument_group("soak")
+    sk.add_argument("--duration-s", type=float, default=600, help="soak: seconds measured after the warm-up (default 600)")
+    sk.add_argument("--warmup-s", type=float, default=60, help="soak: seconds of the same load before the start sample (default 60)")
+    sk.add_argument("--sample-every-s", type=float, default=30, help="soak: seconds between memory samples (default 30)")
+    sk.add_argument("--rate", action="append", default=[], metavar="LANE=RPS",
+                    help=f"soak: one lane's requests per second, 0 turns it off (repeatable; defaults: {', '.join(f'{k}={v:g}' for k, v in soak.DEFAULT_RATES.items())})")
+    sk.add_argument("--inject-bad", type=int, default=0, help="soak: this many known-bad requests, spread over the run (each must get its exact 4xx)")
     args = ap.parse_args()
     if args.which == ["ab"]:
         if not args.baseline_rev:
@@ -42,6 +54,18 @@ def main() -> None:
         return run_llm(args.postgres_dsn)
     if args.which == ["temporal"]:
         return temporal_hop.run()
+    if args.which == ["capacity"]:
+        return run_capacity(args.postgres_dsn)
+    if args.which == ["shadow"]:
+        return run_shadow(args.postgres_dsn)
+    if args.which == ["soak"]:
+        rates = dict(soak.DEFAULT_RATES)
+        for spec in args.rate:
+            lane, _, rps = spec.partition("=")
+            if lane not in rates or not rps.replace(".", "", 1).isdigit():
+                ap.error(f"--rate {spec}: LANE=RPS with LANE one of {', '.join(rates)}")
+            rates[lane] = float(rps)
+        return run_soak(args.postgres_dsn, rates, args.duration_s, args.warmup_s, args.sample_every_s, args.inject_bad)
     args.which = args.which or ["submit", "ttft", "vision"]
     if set(args.which) - {"submit", "ttft", "vision"}:
         ap.error("benchmarks: submit, ttft, vision")
@@ -62,8 +86,8 @@ def main() -> None:
 def _config(postgres_dsn: str, **kw: Any) -> StackConfig:
     """A benchmark's stack on free ports; its open loops and backlogs are far above the default
     per-model backlog, so no admission limit."""
-    return StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn, worker_concurrency=4, engine_parallel=4,
-                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"}, **kw)
+    return StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-bench-")), postgres_dsn=postgres_dsn,
+                                 **{"worker_concurrency": 4, "engine_parallel": 4, "api_env": {"SWITCHYARD_MAX_PENDING_PER_MODEL": "1000000"}, **kw})
 
 
 def _on_stack(cfg: StackConfig, run: Callable[[Stack], None]) -> None:
@@ -86,6 +110,30 @@ def run_pii(postgres_dsn: str) -> None:
 def run_recsys(postgres_dsn: str) -> None:
     """The recsys realtime lane (recsys.py): the recsys worker required, no vLLM."""
     _on_stack(_config(postgres_dsn, recsys=True, vllm=False), recsys.run)
+
+
+def run_capacity(postgres_dsn: str) -> None:
+    """LiteLLM and Switchyard in front of the engine stand-in (capacity.py): no vLLM, vision or recsys;
+    worker-llm runs as many generations at once as its setting allows (the stand-in has no slots)."""
+    subprocess.run([str(ROOT / "build-support" / "setup-litellm.sh")], check=True)
+    capacity.run(lambda api_workers: _config(postgres_dsn, vision=False, recsys=False, vllm=False, worker_concurrency=256, api_workers=api_workers))
+
+
+def run_soak(postgres_dsn: str, rates: dict[str, float], duration_s: float, warmup_s: float, sample_every_s: float, inject_bad: int) -> None:
+    """Every part of the platform (vLLM when installed) with the shipped admission limits (a soak
+    runs below saturation, so they never bite); exits 1 when the soak fails (soak.py)."""
+    cfg = StackConfig.ephemeral(Path(tempfile.mkdtemp(prefix="switchyard-soak-")), postgres_dsn=postgres_dsn, vision=True, recsys=True)
+    passed: list[bool] = []
+    _on_stack(cfg, lambda stack: passed.append(soak.run(stack, rates, duration_s, warmup_s, sample_every_s, inject_bad)))
+    if not all(passed):
+        raise SystemExit(1)
+
+
+def run_shadow(postgres_dsn: str) -> None:
+    """Copies of vision-classify and recsys-rank with and without a shadow (shadow.py); no vLLM."""
+    cfg = _config(postgres_dsn, vision=True, recsys=True, vllm=False)
+    cfg.catalog_overlays.append(shadow.write_overlay(cfg.state_dir / "catalog-shadow-bench.json"))
+    _on_stack(cfg, shadow.run)
 
 
 def run_ab(postgres_dsn: str, baseline_rev: str) -> None:

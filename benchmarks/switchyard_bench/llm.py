@@ -22,9 +22,11 @@ LiteLLM runs from its own venv (``build-support/setup-litellm.sh``, pinned in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import time
@@ -207,9 +209,9 @@ def litellm_bin() -> Path:
     return cache_dir() / LITELLM_VENV / "venv" / "bin" / "litellm"
 
 
-def start_litellm(state_dir: Path, engines: dict[str, str], master_key: str) -> tuple[subprocess.Popen[bytes], str]:
-    """LiteLLM's proxy (one process, no database) with one model per engine URL; callers present
-    ``master_key`` (its key check, as Switchyard's, is admission before the engine)."""
+def start_litellm(state_dir: Path, engines: dict[str, str], master_key: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """LiteLLM's proxy (``workers`` processes, no database) with one model per engine URL; callers
+    present ``master_key`` (its key check, as Switchyard's, is admission before the engine)."""
     cfg = state_dir / "litellm.yaml"
     model_list = [{"model_name": name, "litellm_params": {"model": f"openai/{LLM_MODEL}", "api_base": f"{url}/v1", "api_key": "none"}}
                   for name, url in engines.items()]
@@ -218,10 +220,32 @@ def start_litellm(state_dir: Path, engines: dict[str, str], master_key: str) -> 
     env = {**os.environ, "LITELLM_MASTER_KEY": master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "True"}
     env.pop("DATABASE_URL", None)
     log = state_dir / "logs" / "litellm.log"
-    proc = subprocess.Popen([str(litellm_bin()), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # Several workers: uvicorn's supervisor kills a worker that has not answered its health check in
+    # 5 s, and importing LiteLLM's proxy takes longer than that on 2 busy cores (workers die in a loop).
+    many = ["--timeout_worker_healthcheck", "300"] if workers > 1 else []
+    # Its own process group: stop_litellm ends the workers with it.
+    proc = subprocess.Popen([str(litellm_bin()), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", str(workers), *many],
+                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    return started_server("LiteLLM", proc, f"{url}/health/liveliness", log, 180), url
+    try:
+        return started_server("LiteLLM", proc, f"{url}/health/liveliness", log, 180 * workers), url
+    except BaseException:
+        stop_litellm(proc)
+        raise
+
+
+def stop_litellm(proc: subprocess.Popen[bytes]) -> None:
+    """LiteLLM and its workers (its process group): SIGTERM, then SIGKILL to whatever is left after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------ the run
@@ -258,8 +282,7 @@ def run(stack: Stack) -> None:
         r = asyncio.run(interleaved(redact, 1, True, ROUNDS))
         results["paired"] += _paired("llamacpp, concurrency 1, TTFT", r, "ttft_ms", [("Switchyard redact", "Switchyard pass")])
     finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
+        stop_litellm(proxy)
     text = report(cpu, results)
     print(text)
     meta = {"bench": "llm_gateway", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu, "cores": len(os.sched_getaffinity(0)),

@@ -15,12 +15,16 @@ from typing import Any
 
 import openai
 import pytest
+import yaml  # type: ignore[import-untyped]
 from fault_proxy import FaultProxy  # pants: no-infer-dep (a test util beside conftest.py)
 from otlp_receiver import OtlpReceiver  # pants: no-infer-dep (a test util beside conftest.py)
 from tritonclient.utils import InferenceServerException
 
 from switchyard.devstack.client import JobClient
 from switchyard.devstack.stack import Stack, StackConfig, drop_database
+from switchyard.devstack.stack_lock import one_stack_at_a_time
+
+SHIPPED_CATALOG = Path(__file__).resolve().parents[2] / "infra" / "catalog" / "models.yaml"
 
 # The PostgreSQL server the tests create their scratch databases on.
 PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
@@ -56,6 +60,47 @@ def pii_models(engine_port: int) -> list[dict[str, object]]:
     endpoint = {"engine": "llamacpp", "url": f"http://127.0.0.1:{engine_port}", "engine_model": "smollm2-135m-instruct"}
     return [{"name": name, "domain": "llm", "kind": kind, "context_length": 2048, "pii": pii, "endpoints": [endpoint]}
             for name, kind, pii in ((PII_BLOCK_MODEL, "chat", "block"), (PII_PASS_MODEL, "chat", "pass"), (PII_BLOCK_EMBED_MODEL, "embedding", "block"))]
+
+
+# Shadowed copies of shipped models, every request mirrored (test_shadow.py); the shipped models'
+# own shadows sample nothing in the test stack (shadow_sample_rate=0).
+SHADOWED = {"vision": "vision-shadowed", "recsys": "recsys-shadowed", "llm": "smollm2-shadowed"}
+
+
+def shadow_models(engine_port: int) -> list[dict[str, object]]:
+    shipped = {m["name"]: m for m in yaml.safe_load(SHIPPED_CATALOG.read_text())["models"]}
+    vision = {**shipped["vision-classify"], "name": SHADOWED["vision"], "shadow": {"candidate": "vision-classify-int8", "sample_rate": 1.0}}
+    recsys = {**shipped["recsys-rank"], "name": SHADOWED["recsys"], "shadow": {"candidate": "recsys-rank-v2", "sample_rate": 1.0}}
+    llm = {"name": SHADOWED["llm"], "domain": "llm", "kind": "chat", "context_length": 2048,
+           "endpoints": [{"engine": "llamacpp", "url": f"http://127.0.0.1:{engine_port}", "engine_model": "smollm2-135m-instruct"}],
+           "shadow": {"candidate": "smollm2-135m-instruct-vllm", "sample_rate": 1.0}}
+    return [vision, recsys, llm]
+
+
+# Canary and promotion (test_canary.py): copies of vision-classify whose candidate is the int8 model:
+# a canary at half the traffic that never rolls back, one whose p99 threshold every request passes
+# (rolled back automatically), and one without a canary to promote and roll back by hand.
+# An LLM model whose canary candidate (the same llama.cpp model under another name) passes its TTFT
+# p99 threshold on every job.
+CANARIED = {"split": "vision-canary-split", "slow": "vision-canary-slow", "promote": "vision-promote",
+            "llm": "smollm2-canary", "llm_candidate": "smollm2-canary-candidate"}
+
+
+def canary_models(engine_port: int) -> list[dict[str, object]]:
+    shipped = {m["name"]: m for m in yaml.safe_load(SHIPPED_CATALOG.read_text())["models"]}
+    endpoint = {"engine": "llamacpp", "url": f"http://127.0.0.1:{engine_port}", "engine_model": "smollm2-135m-instruct"}
+    llm = [{"name": CANARIED["llm"], "domain": "llm", "kind": "chat", "context_length": 2048, "endpoints": [endpoint],
+            "shadow": {"candidate": CANARIED["llm_candidate"], "sample_rate": 0.0,
+                       "canary": {"weight": 1.0, "max_error_rate": 1.0, "max_p99_ms": 0.001, "window_s": 300, "min_requests": 2}}},
+           {"name": CANARIED["llm_candidate"], "domain": "llm", "kind": "chat", "context_length": 2048, "endpoints": [endpoint]}]
+
+    def copy(name: str, canary: dict[str, object] | None) -> dict[str, object]:
+        shadow: dict[str, object] = {"candidate": "vision-classify-int8", "sample_rate": 0.0}
+        return {**shipped["vision-classify"], "name": name, "shadow": {**shadow, "canary": canary} if canary else shadow}
+
+    return [copy(CANARIED["split"], {"weight": 0.5, "max_error_rate": 1.0, "max_p99_ms": 600_000, "min_requests": 1_000_000}),
+            copy(CANARIED["slow"], {"weight": 1.0, "max_error_rate": 1.0, "max_p99_ms": 0.001, "window_s": 120, "min_requests": 5}),
+            copy(CANARIED["promote"], None), *llm]
 
 
 @pytest.fixture(scope="session")
@@ -97,21 +142,23 @@ def stack(scratch_dsn: Callable[[], str], otlp: OtlpReceiver, feast_proxy: Fault
     state = Path(tempfile.mkdtemp(prefix="switchyard-test-", dir=os.environ.get("SWITCHYARD_TEST_STATE_DIR")))
     # One activity slot: the priority test needs a saturated worker; the rest does not mind.
     # vision=True, recsys=True: fail (naming build-support/setup-vision.sh / setup-recsys.sh) rather than skip when not set up.
-    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True, recsys=True, otlp_endpoint=otlp.url,
+    cfg = StackConfig.ephemeral(state, postgres_dsn=scratch_dsn(), worker_concurrency=1, engine_parallel=2, vision=True, recsys=True, otlp_endpoint=otlp.url, shadow_sample_rate=0.0,
                                 feast_redis=feast_proxy.feast_address,  # the recsys worker's Feast Redis, through the fault injector
                                 api_env={"SWITCHYARD_MAX_PENDING_PER_MODEL": str(MAX_PENDING),
                                          "SWITCHYARD_BREAKER_FAIL_MAX": str(BREAKER_FAIL_MAX), "SWITCHYARD_BREAKER_RESET_S": str(BREAKER_RESET_S)})
     # Tests add their own models through catalog overlays: the fallback model, and a file the reload
     # tests rewrite (empty until then).
-    (state / "catalog-tests.json").write_text(json.dumps({"models": [fallback_model(cfg.engine_port), *pii_models(cfg.engine_port)]}))
+    (state / "catalog-tests.json").write_text(json.dumps({"models": [fallback_model(cfg.engine_port), *pii_models(cfg.engine_port), *shadow_models(cfg.engine_port),
+                                                                *canary_models(cfg.engine_port)]}))
     (state / RELOAD_OVERLAY).write_text("models: []\n")
     cfg.catalog_overlays += [state / "catalog-tests.json", state / RELOAD_OVERLAY]
     s = Stack(cfg)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    with one_stack_at_a_time():  # never beside the chaos suite's stack (Pants runs batches in parallel)
+        s.start()
+        try:
+            yield s
+        finally:
+            s.stop()
 
 
 @pytest.fixture(scope="session")

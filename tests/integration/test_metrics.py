@@ -19,7 +19,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.http as httpclient
-from conftest import eventually  # pants: no-infer-dep
+from conftest import SHADOWED, eventually  # pants: no-infer-dep
 
 from switchyard.devstack import dashboards, prometheus
 from switchyard.devstack.client import JobClient, llm_job
@@ -30,7 +30,7 @@ from switchyard.devstack.stack import EMBED_MODEL, LLM_MODEL, Stack, find_repo_f
 
 V2_MODEL = "vision-classify"
 # The scrape jobs of infra/prometheus/prometheus.yml the test stack has targets for (no GPU here: no dcgm).
-JOBS = {"api", "worker-llm", "worker-vision", "worker-recsys", "temporal-sdk", "engines", "triton", "temporal-server"}
+JOBS = {"api", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow", "temporal-sdk", "engines", "triton", "temporal-server"}
 
 # Panel queries that return no series on this stack, and why (each is checked on synthetic series
 # by the promtool unit tests instead, or needs what the test stack does not run).
@@ -95,8 +95,9 @@ def prom(stack: Stack) -> Iterator[Prom]:
 
 @pytest.fixture(scope="module")
 def traffic(stack: Stack, client: JobClient, oai: openai.OpenAI, auth: dict[str, str]) -> None:
-    """One of each: an LLM job, a vision job, a recsys job, a V2 infer (realtime lane), a
-    recommendation, an OpenAI chat completion, an embedding, a client error (an unknown job: 404)."""
+    """One of each: an LLM job, a vision job, a recsys job, a V2 infer (realtime lane) and one of a
+    shadowed model (compared), a recommendation, an OpenAI chat completion, an embedding, a client
+    error (an unknown job: 404)."""
     job, _ = client.run(llm_job("Say hi.", max_tokens=4))
     assert job["status"] == "succeeded", job
     image = sample_images()["china"]
@@ -109,7 +110,11 @@ def traffic(stack: Stack, client: JobClient, oai: openai.OpenAI, auth: dict[str,
     inp = httpclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
     v2.infer(V2_MODEL, [inp], headers=dict(auth))
+    # A shadowed model's request (conftest.py): the API mirrors it, worker-shadow compares it.
+    v2.infer(SHADOWED["vision"], [inp], headers=dict(auth))
     v2.close()
+    eventually(lambda: "switchyard_shadow_latency_delta_seconds_count" in
+               httpx.get(f"http://127.0.0.1:{stack.cfg.worker_shadow_metrics_port}/metrics", timeout=10).text, "the shadow comparison", timeout_s=120)
     oai.chat.completions.create(model=LLM_MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
     oai.embeddings.create(model=EMBED_MODEL, input="a lighthouse")
     assert client.http.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
@@ -177,7 +182,7 @@ def test_every_dashboard_panel_query_parses_and_returns_series(prom: Prom, traff
 def test_each_process_exports_the_contract_names(prom: Prom, traffic: None) -> None:
     contract = contract_metrics(find_repo_file("docs/metrics.md").read_text())
     exported: dict[str, set[str]] = {}
-    for job in ("api", "worker-llm", "worker-vision", "worker-recsys"):
+    for job in ("api", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow"):
         exported[job] = {s["__name__"] for s in series(prom, f'{{job="{job}"}}') if s["__name__"].startswith("switchyard_")}
         assert unknown_metrics(exported[job], contract) == set(), f"{job} exports names docs/metrics.md does not declare"
     ours = {n for names in exported.values() for n in names}

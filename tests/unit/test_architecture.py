@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {"api": "switchyard.api", "worker-llm": "switchyard.worker_llm", "worker-vision": "switchyard.worker_vision",
-        "worker-recsys": "switchyard.worker_recsys"}
+        "worker-recsys": "switchyard.worker_recsys", "worker-shadow": "switchyard.worker_shadow"}
 # Heavy stacks stay where they are needed (folders or files): they are in the shared lockfile, and
 # Pants only puts a requirement into the artifacts of targets that import it. onnxruntime: the V2
 # backends both model workers share; Feast (recsys venv only, numpy 2): one module of the recsys worker.

@@ -57,7 +57,7 @@ def cluster() -> dict[str, Obj]:
 def test_compose_file_is_valid_against_the_compose_specification() -> None:
     out = docker_compose("-f", str(COMPOSE_FILE), "config", "--quiet", env=SECRETS)
     assert out.returncode == 0, out.stderr
-    assert set(resolved()["services"]) >= {"api", "nginx", "temporal", "postgres", "redis", "worker-llm", "worker-vision", "worker-recsys"}
+    assert set(resolved()["services"]) >= {"api", "nginx", "temporal", "postgres", "redis", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow"}
 
 
 def test_the_validator_rejects_what_the_specification_forbids(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def _image_name(image: str) -> str:
     return name.rsplit("/", 1)[-1] if "switchyard" in name else name
 
 
-@pytest.mark.parametrize("name", ["api", "nginx", "worker-llm", "worker-vision", "worker-recsys", "llamacpp-smollm2", "llamacpp-gemma", "vllm", "sglang", "triton"])
+@pytest.mark.parametrize("name", ["api", "nginx", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow", "llamacpp-smollm2", "llamacpp-gemma", "vllm", "sglang", "triton"])
 def test_compose_runs_what_the_cluster_runs(name: str) -> None:
     svc = resolved()["services"][name]
     deployment = cluster()[f"Deployment/{name}"]

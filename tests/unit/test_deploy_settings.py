@@ -23,11 +23,13 @@ from switchyard.common.temporal import WORKER_OPTIONS
 from switchyard.devstack.stack import find_nginx
 from switchyard.worker_llm.settings import WorkerSettings
 from switchyard.worker_recsys.settings import RecsysSettings
+from switchyard.worker_shadow.settings import ShadowWorkerSettings
 from switchyard.worker_vision.settings import VisionSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "infra" / "k8s" / "base"
-SETTINGS: dict[str, type[BaseSettings]] = {"api": ApiSettings, "worker-llm": WorkerSettings, "worker-vision": VisionSettings, "worker-recsys": RecsysSettings}
+SETTINGS: dict[str, type[BaseSettings]] = {"api": ApiSettings, "worker-llm": WorkerSettings, "worker-vision": VisionSettings, "worker-recsys": RecsysSettings,
+                                           "worker-shadow": ShadowWorkerSettings}
 # The catalog's ${VAR}s (deployment addresses, switches): read by the catalog, not by a Settings class.
 CATALOG_VARS = set(re.findall(r"\$\{(\w+)", (ROOT / "infra" / "catalog" / "models.yaml").read_text())) - {"VAR"}
 

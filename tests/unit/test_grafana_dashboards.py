@@ -45,8 +45,8 @@ def test_committed_files_are_what_the_generator_writes() -> None:
 
 
 def test_dashboards_cover_the_platform() -> None:
-    # API and SLOs, each domain, Temporal, engines, GPUs; unique uids; every panel on the provisioned data source.
-    assert set(dashboards.DASHBOARDS) == {"api-slos", "llm", "vision", "recsys", "temporal", "engines", "gpus"}
+    # API and SLOs, each domain, Temporal, engines, GPUs, shadow deployment; unique uids; every panel on the provisioned data source.
+    assert set(dashboards.DASHBOARDS) == {"api-slos", "llm", "vision", "recsys", "temporal", "engines", "gpus", "shadow"}
     models = {name: json.loads(text) for name, text in rendered().items()}
     assert len({m["uid"] for m in models.values()}) == len(models)
     datasource = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "switchyard.yml").read_text())["datasources"][0]

@@ -24,7 +24,7 @@ K8S = ROOT / "infra" / "k8s"
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.37.0"
 KEDA_SCHEMA = json.loads((K8S / "schemas" / "keda-scaledobject-v1alpha1.json").read_text())
-WORKERS = {"worker-llm", "worker-vision", "worker-recsys"}
+WORKERS = {"worker-llm", "worker-vision", "worker-recsys", "worker-shadow"}
 GPU_ENGINES = {"vllm", "sglang", "triton"}
 
 Obj = dict[str, Any]
@@ -102,7 +102,7 @@ def test_each_worker_scales_on_its_own_task_queue_backlog(overlay: str) -> None:
     config = objects(overlay, "ConfigMap")
     env = next(c["data"] for name, c in config.items() if name.startswith("switchyard-env"))
     scaled = objects(overlay, "ScaledObject")
-    # One Deployment per worker app (no worker-shadow: it has no app or image yet).
+    # One Deployment per worker app.
     assert {name for name in deployments if name.startswith("worker-")} == WORKERS
     assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled.values()} == WORKERS
     for s in scaled.values():

@@ -48,7 +48,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[JobEvent]:
 
 
 def reply(kind: str, *, include_usage: bool = False, logprobs: bool = False) -> Reply:
-    job = SimpleNamespace(id=JOB_ID, created_at=CREATED, model="m")
+    job = SimpleNamespace(id=JOB_ID, created_at=CREATED, model="m", model_spec={"llm": {}})
     return Reply(SimpleNamespace(), job, kind, 1, logprobs, include_usage)  # type: ignore[arg-type]
 
 

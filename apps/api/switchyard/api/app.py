@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,17 +25,23 @@ from switchyard.api.recsys import routes as recsys_routes
 from switchyard.api.recsys.fast_path import RecommendationsFastPath
 from switchyard.api.request_log import GrpcCalls, RequestLog, RequestWriter, recording_authorize
 from switchyard.api.settings import ApiSettings
+from switchyard.api.shadow import changes as shadow_changes
+from switchyard.api.shadow import routes as shadow_routes
 from switchyard.api.usage import routes as usage_routes
 from switchyard.api.v2 import routes as v2_routes
 from switchyard.api.v2.gateway import V2Gateway, gateway_of
 from switchyard.common import tracing
 from switchyard.common.catalog import CatalogHolder
+from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
 from switchyard.common.db.store import JobStore, RequestStore, make_engine
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.keys import KeyStore
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
+from switchyard.common.shadow.budget import ShadowBudget
+from switchyard.common.shadow.canary import CanaryOutcomes, RollbackController
+from switchyard.common.shadow.mirror import ShadowMirror
 from switchyard.common.temporal import connect
 from switchyard.common.v2 import grpc_frontend, rest_frontend
 
@@ -66,6 +73,13 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         purger.start()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), event_hooks=tracing.httpx_event_hooks())  # engines see traceparent
         v2 = V2Gateway(settings, catalog)
+        v2.mirror = shadow = ShadowMirror(temporal, ShadowBudget(redis, settings.shadow_max_backlog), max_bytes=settings.shadow_max_bytes)
+        shadow.start()
+        # Promotions and rollbacks on top of the catalog files, and the canaries' automatic rollback (docs/shadow.md).
+        follower = ChangeFollower(ChangeStore(db), catalog)
+        await follower.sync_or_log()
+        v2.canary = CanaryOutcomes(redis, db.url.database or "default")
+        canary_tasks = [asyncio.create_task(follower.run()), asyncio.create_task(RollbackController(v2.canary, follower).run())]
         gauges = PlatformGauges(store, v2, settings.gauges_every_s)  # backlog and breaker gauges (docs/metrics.md)
         gauges.start()
         keys = KeyStore(db, settings.key_pepper.get_secret_value(), tier_limits=settings.tier_quotas)
@@ -77,11 +91,16 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,
                                         dispatcher=dispatcher, purger=purger, payload_keys=payload_keys, http=http, v2=v2, keys=keys,
                                         quotas=quotas, backlog=backlog, pii=pii,
-                                        started_at=int(time.time()))
+                                        started_at=int(time.time()), changes=follower)
         yield
         await grpc_server.stop(grace=2)
+        for task in canary_tasks:
+            task.cancel()
+        await asyncio.gather(*canary_tasks, return_exceptions=True)
+        await v2.canary.close()
         await writer.close()  # the last records' rows, before the database goes
         await gauges.close()
+        await shadow.close()
         await v2.close()
         await purger.close()
         await dispatcher.close()
@@ -103,6 +122,8 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(usage_routes.router)
+    app.include_router(shadow_changes.router)  # before the report's GET /v1/shadow/{model:path}, which would take .../changes
+    app.include_router(shadow_routes.router)
     app.include_router(recsys_routes.router)
     v2_routes.add_routes(app, authorize_v2)
 

@@ -16,6 +16,7 @@ from switchyard.api.jobs.retention import Purger
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import CatalogHolder
+from switchyard.common.db.catalog_changes import ChangeFollower
 from switchyard.common.db.store import JobStore
 from switchyard.common.events import EventBus
 from switchyard.common.keys import KeyStore
@@ -51,6 +52,8 @@ class Resources:
     # PII redaction (switchyard.common.pii), built at start-up with the model loaded.
     pii: PiiGuard
     started_at: int
+    # Promotions and rollbacks applied on top of the catalog files (switchyard.api.shadow.changes).
+    changes: ChangeFollower | None = None
 
     @property
     def registry(self) -> ModelRegistry:

@@ -77,7 +77,10 @@ def run(argv: list[str]) -> None:
     keys_or_exit("switchyard-api", settings)  # no key, no start: nothing is stored or sent to Temporal in clear
     metrics_page.serve(settings.metrics_port, settings.metrics_host, multiprocess=True)
     options = {"host": settings.api_host, "port": settings.api_port, "log_config": None, "access_log": False,
-               "timeout_graceful_shutdown": 5, "ws_ping_interval": settings.stream_keepalive_s}
+               "timeout_graceful_shutdown": 5, "ws_ping_interval": settings.stream_keepalive_s,
+               # Longer than Nginx keeps idle upstream connections (60 s): Nginx closes them, never this end
+               # mid-reuse (uvicorn's default, 5 s, reset Nginx's reused connections: 503s under load).
+               "timeout_keep_alive": 75}
     if settings.api_workers == 1:
         # One process: this one (it also reloads the catalog on SIGHUP).
         uvicorn.run(create_app(_process_settings(settings), catalog), **options)  # type: ignore[arg-type]

@@ -1,16 +1,10 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from switchyard.common.quotas import DEFAULT_TIER_LIMITS, Limits
-from switchyard.common.settings import CommonSettings
-
-
-class V2Upstream(BaseModel):
-    """A domain worker's KServe V2 endpoint (realtime lane; gRPC calls use its gRPC tunnel)."""
-
-    http: str  # base URL, e.g. http://127.0.0.1:8110
+from switchyard.common.settings import CommonSettings, V2Upstream
 
 
 class ApiSettings(CommonSettings):

@@ -16,9 +16,11 @@ from switchyard.common.gpu import GpuReadings, keep_reading
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
 from switchyard.common.request_log import send_request_id
+from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.probe import keep_probing
 from switchyard.worker_llm.settings import WorkerSettings
+from switchyard.worker_llm.shadowing import ShadowOffers
 from switchyard.worker_llm.workflows import LlmJobWorkflow
 
 log = logging.getLogger("switchyard.worker_llm")
@@ -38,7 +40,8 @@ async def main(settings: WorkerSettings, catalog: CatalogHolder, keys: KeyRing) 
     breakers = BreakerBoard(fail_max=settings.engine_breaker_fail_max, reset_timeout_s=settings.engine_breaker_reset_s, exclude=[asyncio.CancelledError])
     await worker_main.serve(
         settings, catalog, keys, log, workflows=[LlmJobWorkflow],
-        activities=lambda books: [LlmActivities(books, catalog, http, breakers=breakers, oom_switch_after=settings.llm_oom_switch_after).generate],
+        activities=lambda books: [LlmActivities(books, catalog, http, breakers=breakers, oom_switch_after=settings.llm_oom_switch_after).generate,
+                                  ShadowOffers(books, catalog, ShadowBudget(books.bus.redis, settings.shadow_max_backlog), settings.shadow_max_bytes).offer],
         started={"models": [m.name for m in catalog.current.registry.models]},
         # Gauges refreshed in the background: each catalog endpoint's health and breaker, this host's GPUs (NVML).
         background=[keep_probing(catalog, http, settings.engine_probe_every_s, breakers), keep_reading(GpuReadings())],

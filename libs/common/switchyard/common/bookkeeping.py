@@ -16,6 +16,7 @@ from switchyard.common.payload_codec import KeyRing, sealed_result_context
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
 from switchyard.common.request_log import endpoint_of
+from switchyard.common.shadow.canary import CanaryOutcomes
 
 
 class JobBookkeeping:
@@ -30,6 +31,8 @@ class JobBookkeeping:
         # place in the model's backlog (namespaced by the job store's database, as the API's).
         self.quotas = Quotas(bus.redis)
         self.backlog = Backlog(bus.redis, store.engine.url.database or "default")
+        # Outcomes of jobs a canary ran on its candidate (namespaced as the API's).
+        self.canary = CanaryOutcomes(bus.redis, store.engine.url.database or "default")
 
     async def job_input(self, spec: JobSpec) -> dict[str, Any]:
         """The job's input: inline in the spec, or (too large for Temporal) the row's sealed input."""
@@ -69,6 +72,16 @@ class JobBookkeeping:
         sealed = None if redacted == outcome.result else self.keys.seal(outcome.result, sealed_result_context(outcome.job_id))
         return outcome.model_copy(update={"result": redacted, "error": error}), sealed
 
+    async def canary_outcome(self, model_spec: dict[str, Any] | None, outcome: JobOutcome) -> None:
+        """A job a canary ran on its candidate (switchyard.common.shadow.canary): its end (failed is
+        an error; a cancel is nobody's) and time to first token, for the automatic rollback."""
+        canary = (model_spec or {}).get("canary")
+        if not canary or outcome.status is JobStatus.cancelled:
+            return
+        t = outcome.timings
+        latency_ms = (t.ttft_ms if t.ttft_ms is not None else t.total_ms) if t is not None else None
+        await self.canary.noted(canary["model"], canary["candidate"], outcome.status is JobStatus.succeeded, latency_ms or 0.0, float(canary["window_s"]))
+
     @activity.defn(name="job.finish")
     async def finish(self, outcome: JobOutcome) -> None:
         """Persist the final state first, then publish: a client that sees the end can read it.
@@ -86,6 +99,7 @@ class JobBookkeeping:
         await self.backlog.release(job.model, outcome.job_id)
         if finished:
             metrics.JOBS_FINISHED.labels(domain=job.domain, model=job.model, outcome=outcome.status.value).inc()
+            await self.canary_outcome(job.model_spec, outcome)
         if job.purged_at is not None:
             return  # erased meanwhile (purge): a stream published now would bring back what was erased
         if job.status == outcome.status.value:

@@ -22,7 +22,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from switchyard.common.config_files import read_config
 from switchyard.common.model_registry import LLM_ENGINES, ModelEntry, ModelRegistry
 from switchyard.common.queues import DOMAINS
+from switchyard.common.shadow.overlay import CatalogChange, apply_changes
+from switchyard.common.shadow.spec import COMPARISON_OF
 from switchyard.common.v2.config import V2_ENGINES, Backend, V2Config, V2Model
 
 log = logging.getLogger("switchyard.catalog")
@@ -148,8 +150,9 @@ def _read(path: Path, env: Mapping[str, str]) -> _Overlay:
     return doc
 
 
-def build_catalog(files: list[Path], env: Mapping[str, str]) -> Catalog:
-    """Read, substitute ``${VAR}`` from ``env``, merge and validate; raise CatalogError on the first problem."""
+def build_catalog(files: list[Path], env: Mapping[str, str], changes: Sequence[CatalogChange] = ()) -> Catalog:
+    """Read, substitute ``${VAR}`` from ``env``, merge, apply the promotions and rollbacks ``changes``
+    (switchyard.common.shadow.overlay) and validate; raise CatalogError on the first problem."""
     declared: dict[str, _Declared] = {}
     backends: dict[str, tuple[Path, dict[str, Any]]] = {}
     for n, path in enumerate(files):
@@ -170,6 +173,11 @@ def build_catalog(files: list[Path], env: Mapping[str, str]) -> Catalog:
         for name in doc.remove:
             if declared.pop(name, None) is None:
                 raise CatalogError(f"{path}: field 'remove': no model {name!r} to remove")
+    if changes:
+        bodies = apply_changes({n: d.body for n, d in declared.items()}, changes)
+        last = {c.model: c.id for c in changes}
+        # A changed model's errors name the change that made it (its id), not a file.
+        declared = {n: declared[n] if b is declared[n].body else _Declared(b, Path(f"catalog change {last[n]}"), 0) for n, b in bodies.items()}
 
     v2_backends: dict[str, Backend] = {}
     for name, (path, b) in backends.items():
@@ -181,6 +189,7 @@ def build_catalog(files: list[Path], env: Mapping[str, str]) -> Catalog:
 
     llm: list[ModelEntry] = []
     v2: list[V2Model] = []
+    disabled: set[str] = set()
     for d in declared.values():
         body = dict(d.body)
         domain = body.get("domain")
@@ -203,9 +212,43 @@ def build_catalog(files: list[Path], env: Mapping[str, str]) -> Catalog:
             # Errors of the whole model (cycles, unreachable steps) concern its steps.
             raise CatalogError(f"{d.where()}, {_first_error(e, 'steps')}") from None
         if str(enabled).lower() in ("false", "0", "no"):
+            disabled.add(d.name)
             continue
         (llm if isinstance(entry, ModelEntry) else v2).append(entry)  # type: ignore[arg-type]
+    every: list[ModelEntry | V2Model] = [*llm, *v2]
+    served = {m.name: m for m in every}
+    llm = [_with_shadow(m, served, disabled, declared[m.name]) for m in llm]  # type: ignore[misc]
+    v2 = [_with_shadow(m, served, disabled, declared[m.name]) for m in v2]  # type: ignore[misc]
     return Catalog(registry=ModelRegistry(models=llm), v2=V2Config(backends=v2_backends, models=v2), files=tuple(files))
+
+
+def _with_shadow(m: ModelEntry | V2Model, served: Mapping[str, ModelEntry | V2Model], disabled: set[str], d: _Declared) -> ModelEntry | V2Model:
+    """The model, its ``shadow`` checked: the candidate is another served model that takes the same
+    requests (same domain and kind; V2: the same inputs). A candidate switched off (``enabled:
+    false``, e.g. vLLM where it is not installed) switches the shadow off."""
+    sh = m.shadow
+    if sh is None:
+        return m
+    if sh.candidate in disabled:
+        log.info("shadow off: its candidate is disabled", extra={"fields": {"model": m.name, "candidate": sh.candidate}})
+        return m.model_copy(update={"shadow": None})
+    where = d.where("shadow.candidate")
+    cand = served.get(sh.candidate)
+    if cand is None:
+        raise CatalogError(f"{where}: no model {sh.candidate!r} in the catalog")
+    if cand.name == m.name:
+        raise CatalogError(f"{where}: a model cannot be its own shadow candidate")
+    if (cand.domain, cand.kind) != (m.domain, m.kind):
+        raise CatalogError(f"{where}: {cand.name!r} is a {cand.domain} {cand.kind} model; {m.name!r} is a {m.domain} {m.kind} one")
+    if isinstance(m, V2Model) and isinstance(cand, V2Model) and \
+            [(i.name, i.datatype) for i in cand.inputs] != [(i.name, i.datatype) for i in m.inputs]:
+        raise CatalogError(f"{where}: {cand.name!r} takes other inputs than {m.name!r}, so it cannot answer the same requests")
+    if isinstance(m, ModelEntry) and m.kind != "chat":
+        raise CatalogError(f"{d.where('shadow')}: only chat models are shadowed (embeddings are not compared)")
+    want = COMPARISON_OF[m.domain]
+    if sh.compare not in (None, want):
+        raise CatalogError(f"{d.where('shadow.compare')}: {m.domain} models are compared by {want!r}")
+    return m
 
 
 class CatalogSettings(BaseModel):
@@ -237,6 +280,9 @@ class CatalogHolder:
     env: Mapping[str, str] = field(default_factory=dict)
     # Called with the new catalog after a successful reload (e.g. a worker adding backends).
     listeners: list[Callable[[Catalog], None]] = field(default_factory=list)
+    # Promotions and rollbacks applied on top of the files (switchyard.common.shadow.overlay), as
+    # the process last read them from PostgreSQL (switchyard.common.db.catalog_changes).
+    changes: list[CatalogChange] = field(default_factory=list)
 
     @classmethod
     def load(cls, where: CatalogSettings, env: Mapping[str, str]) -> CatalogHolder:
@@ -257,16 +303,20 @@ class CatalogHolder:
         """A holder serving no model (packaging checks build an app without a catalog)."""
         return cls(Catalog(registry=ModelRegistry(models=[]), v2=V2Config(backends={}, models=[])), [])
 
-    def reload(self) -> bool:
+    def reload(self, changes: Sequence[CatalogChange] | None = None) -> bool:
+        """Rebuild from the files and ``changes`` (default: those applied now, which a successful
+        reload with new ``changes`` replaces)."""
+        applied = list(self.changes if changes is None else changes)
         try:
-            new = build_catalog(self.files, self.env)
+            new = build_catalog(self.files, self.env, applied)
             for listener in self.listeners:
                 listener(new)
         except CatalogError as e:
             log.error("catalog reload refused; still serving the previous catalog", extra={"fields": {"error": str(e)}})
             return False
-        self.current = new
-        log.info("catalog reloaded", extra={"fields": {"models": new.names, "files": [str(f) for f in self.files]}})
+        self.current, self.changes = new, applied
+        log.info("catalog reloaded", extra={"fields": {"models": new.names, "files": [str(f) for f in self.files],
+                                                       "changes": applied[-1].id if applied else 0}})
         return True
 
     def reload_on_sighup(self) -> None:

@@ -60,6 +60,23 @@ ENGINE_RUNNING = Gauge("switchyard_engine_requests_running", "Generations in fli
 
 # ---------------------------------------------------------------- GPU (NVML), workers
 
+# ---------------------------------------------------------------- shadow deployment (docs/shadow.md)
+
+RATIO_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+DELTA_BUCKETS: Final = (-5, -1, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, 0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+SHADOW_CASES = Counter("switchyard_shadow_cases", "Answered requests sampled for shadowing, by what became of them "
+                       "(mirrored, dropped_backlog, dropped_queue, dropped_too_large, failed)", ["model", "outcome"])
+SHADOW_COMPARISONS = Counter("switchyard_shadow_comparisons", "Shadow cases the shadow worker finished (compared, candidate_failed)",
+                             ["model", "candidate", "outcome"])
+SHADOW_AGREEMENT = Histogram("switchyard_shadow_agreement_ratio", "Agreement of the candidate with the primary per case, 0..1 "
+                             "(metric: top1, topk_overlap, rouge_l)", ["model", "candidate", "metric"], buckets=RATIO_BUCKETS)
+SHADOW_LATENCY_DELTA = Histogram("switchyard_shadow_latency_delta_seconds", "Candidate minus primary latency per case (LLM: time to first token)",
+                                 ["model", "candidate"], buckets=DELTA_BUCKETS)
+CANARY_REQUESTS = Counter("switchyard_canary_requests", "Live requests answered by a model's canary candidate (outcome: ok, error)",
+                          ["model", "candidate", "outcome"])
+CATALOG_CHANGES = Counter("switchyard_catalog_changes", "Promotions and rollbacks this API process recorded (action: promote, rollback, resume; "
+                          "by: admin, automatic)", ["model", "action", "by"])
+
 GPU_PRESENT = Gauge("switchyard_gpu_present", "1 when NVML found a GPU", multiprocess_mode="max")
 GPU_MEMORY_USED = Gauge("switchyard_gpu_memory_used_bytes", "GPU memory in use", ["gpu"], multiprocess_mode="max")
 GPU_MEMORY_TOTAL = Gauge("switchyard_gpu_memory_total_bytes", "GPU memory in all", ["gpu"], multiprocess_mode="max")

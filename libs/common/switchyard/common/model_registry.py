@@ -12,6 +12,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, 
 
 from switchyard.common.pii import PiiPolicy
 from switchyard.common.queues import Domain
+from switchyard.common.shadow.spec import ShadowSpec
 
 # Engines with an LLM adapter (switchyard.common.engines.factory.ADAPTERS).
 LLM_ENGINES = ("llamacpp", "vllm", "sglang")
@@ -47,6 +48,8 @@ class ModelEntry(BaseModel):
     # What the engine gets of text with PII (switchyard.common.pii): placeholders (redact), a 4xx
     # (block) or the raw text (pass). What is stored or logged is redacted whatever the policy.
     pii: PiiPolicy = "redact"
+    # Shadow deployment (docs/shadow.md): a share of answered requests replayed on a candidate.
+    shadow: ShadowSpec | None = None
 
 
 class ModelRegistry(BaseModel):

@@ -6,11 +6,17 @@ no other module reads the environment.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.common.catalog import CatalogSettings
 from switchyard.common.pii import PiiSettings
+
+
+class V2Upstream(BaseModel):
+    """A domain worker's KServe V2 endpoint (realtime lane; gRPC calls use its gRPC tunnel)."""
+
+    http: str  # base URL, e.g. http://127.0.0.1:8110
 
 
 class CommonSettings(BaseSettings, CatalogSettings, PiiSettings):
@@ -37,3 +43,8 @@ class CommonSettings(BaseSettings, CatalogSettings, PiiSettings):
     otel_exporter_otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     # Share of new traces kept (a continued trace follows its caller's choice).
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Shadow deployment (docs/shadow.md): cases waiting or being compared at once, platform-wide
+    # (beyond it a sampled request is dropped, and counted), and the most bytes of request and
+    # answer one case may carry (it travels as a Temporal payload).
+    shadow_max_backlog: int = Field(default=32, ge=0, le=100_000)
+    shadow_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -28,6 +28,7 @@ from temporalio.worker import Worker
 from switchyard.common import metrics_page, temporal, tracing
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
+from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
 from switchyard.common.db.store import JobStore, make_engine
 from switchyard.common.drain import Drain
 from switchyard.common.events import EventBus, make_redis
@@ -77,7 +78,10 @@ async def serve(settings: DomainWorkerSettings, catalog: CatalogHolder, keys: Ke
     books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys, pii=pii)
     worker = Worker(client, task_queue=settings.task_queue, workflows=list(workflows), activities=[*activities(books), books.finish],
                     max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
-    tasks = [asyncio.create_task(c) for c in background]
+    # Promotions and rollbacks (docs/shadow.md): applied before the first task, then followed.
+    follower = ChangeFollower(ChangeStore(db), catalog)
+    await follower.sync_or_log()
+    tasks = [asyncio.create_task(c) for c in background] + [asyncio.create_task(follower.run())]
     drain = Drain()
     drain.on_signals(asyncio.get_running_loop())
     imds_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0)) if settings.spot_metadata_url else None

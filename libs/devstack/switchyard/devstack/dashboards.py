@@ -246,6 +246,26 @@ def gpus() -> Dashboard:
     )
 
 
+def shadow() -> Dashboard:
+    """Shadow deployment (docs/shadow.md): what is mirrored or dropped, and how candidates compare."""
+    return (
+        _dashboard("switchyard-shadow", "Switchyard / Shadow", "Sampled live requests replayed on shadow candidates: cases mirrored or dropped, agreement, latency deltas.")
+        .with_row(Row("Cases"))
+        .with_panel(_timeseries("Cases/s by outcome", "ops", _q("sum by (model, outcome) (rate(switchyard_shadow_cases_total[$__rate_interval]))", "{{model}} {{outcome}}"),
+                                description="mirrored, or dropped (budget full, hand-off full, too large) or failed"))
+        .with_panel(_timeseries("Comparisons/s", "ops", _q("sum by (model, candidate, outcome) (rate(switchyard_shadow_comparisons_total[$__rate_interval]))",
+                                                          "{{model}} vs {{candidate}} {{outcome}}")))
+        .with_row(Row("Candidates"))
+        .with_panel(_timeseries("Mean agreement", "percentunit",
+                                _q("sum by (model, candidate, metric) (rate(switchyard_shadow_agreement_ratio_sum[$__rate_interval]))"
+                                   " / sum by (model, candidate, metric) (rate(switchyard_shadow_agreement_ratio_count[$__rate_interval]))",
+                                   "{{model}} vs {{candidate}} {{metric}}"), description="top1 and topk_overlap (vision, recsys), rouge_l (LLM)"))
+        .with_panel(_timeseries("Median latency delta (candidate - primary)", "s",
+                                _q("histogram_quantile(0.5, sum by (model, candidate, le) (rate(switchyard_shadow_latency_delta_seconds_bucket[$__rate_interval])))",
+                                   "{{model}} vs {{candidate}}")))
+    )
+
+
 DASHBOARDS: Final[dict[str, Callable[[], Dashboard]]] = {
     "api-slos": api_slos,
     "llm": llm,
@@ -254,6 +274,7 @@ DASHBOARDS: Final[dict[str, Callable[[], Dashboard]]] = {
     "temporal": temporal,
     "engines": engines,
     "gpus": gpus,
+    "shadow": shadow,
 }
 
 

@@ -20,6 +20,11 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=8192, help="total context, shared by the slots")
     ap.add_argument("--embeddings", action="store_true", help="also serve /v1/embeddings (mean pooling)")
     ap.add_argument("--chat-template-file", help="Jinja chat template, for models that ship none")
+    # llama.cpp's host-memory prompt cache (the evicted slots' KV state, for later prefix reuse)
+    # defaults to 8 GiB per server and grows ~1.3 MB per distinct SmolLM2 prompt until then: the
+    # soak (`./switchyard bench soak`) saw the engine's RSS rise 22 MB/min. Off unless asked for;
+    # a slot still reuses its own cached prefix.
+    ap.add_argument("--cache-ram-mib", type=int, default=0, help="host-memory prompt cache, MiB (0: off; llama.cpp's default is 8192)")
     args = ap.parse_args()
 
     p = xllamacpp.CommonParams()
@@ -32,6 +37,7 @@ def main() -> None:
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
     p.endpoint_metrics = True
+    p.cache_ram_mib = args.cache_ram_mib
     if args.embeddings:
         # The same server keeps serving completions.
         p.embedding = True

@@ -41,7 +41,7 @@ VLLM_MODEL = "smollm2-135m-instruct-vllm"
 # build-support/setup-recsys.sh's default Feast registry (SWITCHYARD_FEAST_REGISTRY_DSN overrides it there and here).
 FEAST_REGISTRY_DSN = "postgresql+psycopg://postgres@127.0.0.1:5432/switchyard_feast"
 # Processes that load the catalog and reload it on SIGHUP.
-CATALOG_READERS = ("api", "worker-llm", "worker-vision", "worker-recsys")
+CATALOG_READERS = ("api", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow")
 # What build-support/setup-recsys.sh writes to the Feast online store once it has loaded it.
 FEAST_MARKER_KEY = "switchyard:recsys:materialized"
 
@@ -85,10 +85,12 @@ class StackConfig:
     worker_llm_metrics_port: int = 9102
     worker_vision_metrics_port: int = 9103
     worker_recsys_metrics_port: int = 9104
+    worker_shadow_metrics_port: int = 9105
     api_temporal_metrics_port: int = 9111
     worker_llm_temporal_metrics_port: int = 9112
     worker_vision_temporal_metrics_port: int = 9113
     worker_recsys_temporal_metrics_port: int = 9114
+    worker_shadow_temporal_metrics_port: int = 9115
     # The Temporal dev server's own metrics (0: a free port).
     temporal_server_metrics_port: int = 0
     # API processes (SWITCHYARD_API_WORKERS).
@@ -112,11 +114,17 @@ class StackConfig:
     ui: bool = True
     # Extra environment for the API process (e.g. SWITCHYARD_MAX_PENDING_PER_MODEL).
     api_env: dict[str, str] = field(default_factory=dict)
+    # The share of live requests the catalog's shadowed models mirror (SWITCHYARD_SHADOW_SAMPLE_RATE;
+    # None: the catalog's default). Tests set 0 and shadow models of their own.
+    shadow_sample_rate: float | None = None
     # Catalog overlay files applied on top of infra/catalog/models.yaml (tests add models this way).
     catalog_overlays: list[Path] = field(default_factory=list)
     # An OTLP/HTTP collector's base URL (e.g. http://127.0.0.1:4318): every Switchyard process, vLLM
     # and Triton export their traces there (docs/observability.md, Traces). Empty: no traces.
     otlp_endpoint: str = ""
+    # Start private PostgreSQL and Redis in the state folder even when the configured ones answer:
+    # the chaos suite restarts them (never the machine's shared services).
+    private_data: bool = False
 
     @classmethod
     def ephemeral(cls, state_dir: Path, **kw: object) -> StackConfig:
@@ -126,7 +134,7 @@ class StackConfig:
                                           "vision_http_port", "vision_grpc_port", "recsys_http_port", "recsys_grpc_port", "api_metrics_port",
                                           "worker_llm_metrics_port", "worker_vision_metrics_port", "worker_recsys_metrics_port", "api_temporal_metrics_port",
                                           "worker_llm_temporal_metrics_port", "worker_vision_temporal_metrics_port", "worker_recsys_temporal_metrics_port",
-                                          "temporal_server_metrics_port", "prometheus_port")}
+                                          "worker_shadow_metrics_port", "worker_shadow_temporal_metrics_port", "temporal_server_metrics_port", "prometheus_port")}
         return cls(state_dir=state_dir, ui=False, prometheus=False, **{**ports, **kw})  # type: ignore[arg-type]
 
 
@@ -153,7 +161,7 @@ def recsys_installed(feast_redis: str) -> bool:
     """What build-support/setup-recsys.sh leaves behind: the venv, the models, and Feast loaded into
     the online store at ``feast_redis`` (its marker key; --skip-feast leaves none)."""
     python, model_dir, data_dir = recsys_dirs()
-    files = [python, *(model_dir / f for f in ("ranker.onnx", "retrieval.onnx", "item_embeddings.npy", "popular_items.json")),
+    files = [python, *(model_dir / f for f in ("ranker.onnx", "ranker_v2.onnx", "retrieval.onnx", "item_embeddings.npy", "popular_items.json")),
              data_dir / "meta.json"]
     return all(p.exists() for p in files) and _feast_loaded(feast_redis)
 
@@ -286,6 +294,7 @@ class Stack:
             "SWITCHYARD_SGLANG_URL": f"http://127.0.0.1:{c.sglang_port}",
             "SWITCHYARD_VLLM_URL": f"http://127.0.0.1:{c.vllm_port}",
             "SWITCHYARD_VLLM_ENABLED": "true" if c.vllm else "false",
+            **({"SWITCHYARD_SHADOW_SAMPLE_RATE": str(c.shadow_sample_rate)} if c.shadow_sample_rate is not None else {}),
         }
 
     def catalog(self) -> Catalog:
@@ -343,7 +352,7 @@ class Stack:
         self.procs["postgres"] = Proc("postgres", [*user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock), "-c", "listen_addresses=127.0.0.1"],
                                       dict(os.environ), self._log("postgres"), tcp_ready(port))
         self.cfg.postgres_dsn = str(make_url(self.cfg.postgres_dsn).set(host="127.0.0.1", port=port).render_as_string(hide_password=False))
-        self.notes.append(f"PostgreSQL was unreachable: started an embedded one on 127.0.0.1:{port} (data in {data})")
+        self.notes.append(f"PostgreSQL {'private' if self.cfg.private_data else 'was unreachable'}: started an embedded one on 127.0.0.1:{port} (data in {data})")
 
     def _embedded_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -355,7 +364,7 @@ class Stack:
                                              "--appendfsync", "everysec", "--dir", str(self.cfg.state_dir)],
                                    dict(os.environ), self._log("redis"), tcp_ready(port))
         self.cfg.redis_url = f"redis://127.0.0.1:{port}/0"
-        self.notes.append(f"Redis was unreachable: started an embedded one on 127.0.0.1:{port}")
+        self.notes.append(f"Redis {'private' if self.cfg.private_data else 'was unreachable'}: started an embedded one on 127.0.0.1:{port}")
 
     # ------------------------------------------------------------ process table
 
@@ -434,6 +443,12 @@ class Stack:
         if c.recsys:
             self._define_recsys(env)
             v2_upstreams["recsys"] = {"http": f"http://127.0.0.1:{c.recsys_http_port}"}
+        # Shadow deployment (docs/shadow.md): replays sampled requests on candidates, at the V2 workers and the engines.
+        shadow = Proc("worker-shadow", [py, "-m", "switchyard.worker_shadow"], {**env, "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
+                                                                               **self._metrics_env(c.worker_shadow_metrics_port, c.worker_shadow_temporal_metrics_port)},
+                      self._log("worker-shadow"), lambda: False)
+        shadow.ready = shadow.log_contains("worker started")
+        self.procs["worker-shadow"] = shadow
         api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
                    "SWITCHYARD_KEY_PEPPER": self.pepper, "SWITCHYARD_API_WORKERS": str(c.api_workers),
                    **self._metrics_env(c.api_metrics_port, c.api_temporal_metrics_port)}
@@ -478,6 +493,7 @@ class Stack:
             services.append(("worker-vision", c.worker_vision_metrics_port, [c.worker_vision_temporal_metrics_port] if c.worker_vision_temporal_metrics_port else []))
         if c.recsys:
             services.append(("worker-recsys", c.worker_recsys_metrics_port, [c.worker_recsys_temporal_metrics_port] if c.worker_recsys_temporal_metrics_port else []))
+        services.append(("worker-shadow", c.worker_shadow_metrics_port, [c.worker_shadow_temporal_metrics_port] if c.worker_shadow_temporal_metrics_port else []))
         groups: dict[str, list[dict[str, object]]] = {name: [prometheus.target(local(port), service=name)] if port else [] for name, port, _ in services}
         groups["temporal-sdk"] = [prometheus.target(local(p), service=name) for name, _, sdk in services for p in sdk]
         engines = [c.engine_port, c.gemma_port, c.sglang_port] + ([c.vllm_port] if c.vllm else [])
@@ -504,9 +520,9 @@ class Stack:
     def start(self) -> None:
         c = self.cfg
         c.state_dir.mkdir(parents=True, exist_ok=True)
-        if not _reachable_redis(c.redis_url):
+        if c.private_data or not _reachable_redis(c.redis_url):
             self._embedded_redis()
-        if not asyncio.run(_reachable_pg(c.postgres_dsn)):
+        if c.private_data or not asyncio.run(_reachable_pg(c.postgres_dsn)):
             self._embedded_postgres()
         for name in ("postgres", "redis"):
             if name in self.procs:
@@ -534,7 +550,7 @@ class Stack:
         self._define()
         try:
             # vLLM takes ~30 s to load: it starts first and is waited for last.
-            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "worker-recsys", "api"), ("nginx", "prometheus"), ("vllm",)]
+            waves = [("vllm", "temporal", "engine", "engine-gemma", "triton"), ("sglang-fake", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow", "api"), ("nginx", "prometheus"), ("vllm",)]
             started: set[str] = set()
             for wave in waves:
                 for name in wave:
@@ -598,13 +614,15 @@ class Stack:
             ("vision worker (V2)", f"http://127.0.0.1:{c.vision_http_port}  gRPC 127.0.0.1:{c.vision_grpc_port}" if c.vision else "-"),
             ("recsys worker (V2)", f"http://127.0.0.1:{c.recsys_http_port}  gRPC 127.0.0.1:{c.recsys_grpc_port}  Feast: Redis {c.feast_redis}" if c.recsys
              else "not set up (build-support/setup-recsys.sh)"),
+            ("shadow worker", "task queue shadow; comparisons: GET /v1/shadow/<model> (docs/shadow.md)"),
             ("PostgreSQL", make_url(c.postgres_dsn).render_as_string(hide_password=True)),
             ("Redis", c.redis_url),
             ("Prometheus", f"http://127.0.0.1:{c.prometheus_port}  (targets: {self.prometheus_dir / 'targets'})" if "prometheus" in self.procs
              else f"not started (scrape targets: {self.prometheus_dir / 'targets'})"),
             ("metrics pages", f"API :{c.api_metrics_port}, worker-llm :{c.worker_llm_metrics_port}, worker-vision :{c.worker_vision_metrics_port}, "
-                              f"worker-recsys :{c.worker_recsys_metrics_port}; Temporal SDK :{c.api_temporal_metrics_port}, :{c.worker_llm_temporal_metrics_port}, "
-                              f":{c.worker_vision_temporal_metrics_port}, :{c.worker_recsys_temporal_metrics_port}"),
+                              f"worker-recsys :{c.worker_recsys_metrics_port}, worker-shadow :{c.worker_shadow_metrics_port}; "
+                              f"Temporal SDK :{c.api_temporal_metrics_port}, :{c.worker_llm_temporal_metrics_port}, "
+                              f":{c.worker_vision_temporal_metrics_port}, :{c.worker_recsys_temporal_metrics_port}, :{c.worker_shadow_temporal_metrics_port}"),
             ("logs", str(c.state_dir / "logs")),
             ("dev key (all scopes)", f"{self._dev_key}  (in {c.state_dir / keys.DEV_KEY_FILE})" if self._dev_key else "-"),
             ("payload encryption key", f"id {self.payload_env['SWITCHYARD_PAYLOAD_KEY_ID']}  (in {c.state_dir / keys.PAYLOAD_KEYS_FILE})"

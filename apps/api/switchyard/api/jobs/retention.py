@@ -19,6 +19,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from switchyard.common.db.shadow_store import ShadowStore
 from switchyard.common.db.store import JobStore, RequestStore
 from switchyard.common.events import EventBus
 from switchyard.common.periodic import Periodic
@@ -81,6 +82,7 @@ class Purger(Periodic):
         total = 0
         while (n := await self.requests.delete_before(cutoff, self.batch * 10)) > 0:
             total += n
+        total += await ShadowStore(self.requests.engine).purge(cutoff)  # shadow comparisons: numbers, kept as long
         if total:
             log.info("request log rows past retention deleted", extra={"fields": {"rows": total, "retention_s": self.request_log_retention_s}})
         return total

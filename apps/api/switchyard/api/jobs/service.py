@@ -82,12 +82,13 @@ async def admit(res: Resources, model: str, job_id: uuid.UUID) -> None:
 
 async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
                      idempotency_key: str | None = None, stored_input: dict[str, Any] | None = None,
-                     job_id: uuid.UUID | None = None, request_family: str = "jobs") -> tuple[Job, bool]:
+                     job_id: uuid.UUID | None = None, request_family: str = "jobs", model_spec: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Commit the job row (the caller's tenant's) and hand it to the outbox; returns (job, created).
     ``input`` is what the engine gets; ``stored_input`` (PII redacted) is what the row keeps readable
     (default: ``input``). An idempotency key is the tenant's own: another tenant's same key is another job.
     The request's record (switchyard.api.request_log) gets the job; the row, the request's id and
-    family (``jobs`` or ``openai``), which the worker carries to the engine."""
+    family (``jobs`` or ``openai``), which the worker carries to the engine. ``model_spec``: the
+    catalog snapshot the job runs on, when not the model's own (a canary's candidate)."""
     rec = request_log.current()
     body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
     # Keyed (the server's pepper): a plain hash of the raw input would let a guess of it be confirmed.
@@ -95,7 +96,7 @@ async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, in
     row_id = job_id or uuid.uuid4()
     row, created = await res.store.create(
         {"id": row_id, "tenant": tenant, "domain": domain, "model": model, "status": JobStatus.queued.value, "priority": priority,
-         "input": input if stored_input is None else stored_input, "model_spec": res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash,
+         "input": input if stored_input is None else stored_input, "model_spec": model_spec or res.catalog.current.snapshot(model), "metadata_": metadata, "idempotency_key": idempotency_key, "request_hash": request_hash,
          "request_id": rec.request_id or None, "request_family": request_family,
          # The engine's input, encrypted, where the readable copy is not it (PII passed to the engine
          # under the `pass` policy): what the outbox and the claim check hand the engine then.

@@ -9,6 +9,7 @@ import httpx
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 
+from switchyard.api import request_log
 from switchyard.api.deps import Resources
 from switchyard.api.errors import ApiError
 from switchyard.api.jobs.service import accept_job, find_model, header_priority
@@ -21,6 +22,7 @@ from switchyard.common.engines.factory import ADAPTERS, engine_for
 from switchyard.common.keys import Principal
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.priority import capped_priority
+from switchyard.common.shadow.canary import canary_snapshot
 
 # Chat template overhead per message and per request, in tokens (generous upper bounds).
 TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS = 8, 16
@@ -86,9 +88,13 @@ async def start_completion(res: Resources, caller: Principal, entry: ModelEntry,
     metadata = await stored_metadata(res, {"api": "openai", **({"user": user} if user else {})})
     prio = capped_priority(header_priority(x_priority), caller.tier)
     admission = await admit_job(res, caller, conn, entry.name, llm_cost(inp))
+    # A canary's share runs on the candidate's endpoints (job.model stays the name asked for; docs/shadow.md).
+    canary = canary_snapshot(res.catalog.current, entry)
+    if canary is not None:
+        request_log.current().params["served_by"] = canary["canary"]["candidate"]
     try:
         row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=screened.engine, stored_input=screened.stored,
-                                  priority=prio, metadata=metadata, job_id=admission.job_id, request_family="openai")
+                                  priority=prio, metadata=metadata, job_id=admission.job_id, request_family="openai", model_spec=canary)
     except BaseException:
         await admission.undo()
         raise

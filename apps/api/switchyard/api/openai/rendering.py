@@ -39,6 +39,7 @@ from switchyard.common.db.models import Job
 from switchyard.common.events import TokenLedger
 from switchyard.common.quotas import Lease
 from switchyard.common.request_log import RequestRecord
+from switchyard.common.shadow.canary import SERVED_BY
 
 JOB_HEADER = "X-Switchyard-Job-Id"
 # Errors of a failed job → the HTTP status a client gets.
@@ -94,7 +95,8 @@ class Reply:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {JOB_HEADER: str(self.job.id)}
+        canary = (self.job.model_spec or {}).get("canary")  # a canary's share: the candidate answered (docs/shadow.md)
+        return {JOB_HEADER: str(self.job.id), **({SERVED_BY: canary["candidate"]} if canary else {})}
 
     def choice_logprobs(self, entries: list[dict[str, Any]]) -> ChoiceLogprobs:
         if not self.logprobs:

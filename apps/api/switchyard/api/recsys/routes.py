@@ -11,6 +11,7 @@ Scope ``v2``: these are the realtime lane's routes. Nothing is stored but the re
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -26,6 +27,7 @@ from switchyard.api.v2.gateway import Answer
 from switchyard.common import tracing
 from switchyard.common.contracts import RecommendationRequest, RecommendationResponse, RecsysEventCreate, RecsysEventType
 from switchyard.common.recsys import from_v2_json, v2_json
+from switchyard.common.shadow.spec import V2Call
 from switchyard.common.v2.config import V2Model
 from switchyard.common.v2.dataplane import model_path
 from switchyard.common.v2.errors import V2Error, error_message
@@ -87,7 +89,17 @@ async def recommend(res: Resources, body: RecommendationRequest) -> bytes:
     tracing.annotate(**{"switchyard.model": model.name})
     rec = request_log.current()
     rec.params = {"k": body.k, "exclude_seen": body.exclude_seen, "candidates": len(body.candidates) if body.candidates is not None else 0}
-    answer = await _forward(res, model_path(model.name, None) + "/infer", json.dumps(v2_json(body), separators=(",", ":")).encode(), model.name)
+    request = json.dumps(v2_json(body), separators=(",", ":")).encode()
+    served = res.v2.canary_pick(model, None)  # the model, or its canary candidate (then named in the answer's ``model``)
+    started = time.perf_counter()
+    try:
+        answer = await _forward(res, model_path(served.name, None) + "/infer", request, served.name, candidate=served is not model)
+    except ApiError as e:
+        res.v2.canary_done(model, served, started, e.status)
+        raise
+    res.v2.canary_done(model, served, started, answer.status)
+    if served is model:
+        res.v2.offer_shadow(model, V2Call(protocol="rest", body=request, headers=JSON), answer.body, answer.headers, started)
     try:
         out = from_v2_json(body.user_id, json.loads(answer.body))
     except (ValueError, KeyError, TypeError, AttributeError, ValidationError):
@@ -96,7 +108,7 @@ async def recommend(res: Resources, body: RecommendationRequest) -> bytes:
         rec.items = len(out.items)
     # Serialized here, from the items just validated: FastAPI would validate them a second time.
     answer_model = RecommendationResponse.model_construct(user_id=out.user_id, items=out.items, fallback=out.fallback, unknown_items=out.unknown_items,
-                                                          model=model.name)
+                                                          model=served.name)
     return answer_model.model_dump_json().encode()
 
 
@@ -107,12 +119,13 @@ async def recsys_event(request: Request, body: RecsysEventCreate) -> RecsysEvent
     return RecsysEventAccepted(user_id=body.user_id, item_id=body.item_id, event_type=body.event_type)
 
 
-async def _forward(res: Resources, path: str, body: bytes, model: str | None) -> Answer:
-    """POST ``body`` to the recsys worker's ``path``: its 2xx answer, else the platform's error."""
+async def _forward(res: Resources, path: str, body: bytes, model: str | None, *, candidate: bool = False) -> Answer:
+    """POST ``body`` to the recsys worker's ``path``: its 2xx answer, else the platform's error
+    (``candidate``: a canary's request, whose 5xx does not count against the worker's breaker)."""
     if DOMAIN not in res.v2.workers:
         raise ApiError(503, "unavailable", f"no {DOMAIN} worker is configured (SWITCHYARD_V2_UPSTREAMS)", headers={"Retry-After": "30"})
     try:
-        answer = await res.v2.forward_http(DOMAIN, path, body, JSON)
+        answer = await res.v2.forward_http(DOMAIN, path, body, JSON, candidate=candidate)
     except V2Error as e:  # unreachable, timed out, or its breaker is open
         raise worker_error(e.status, e.message, e.headers, model) from None
     if answer.status >= 300:

@@ -43,7 +43,7 @@ class UsageReport(BaseModel):
     data: list[UsageRow]
 
 
-def _aware(t: dt.datetime, param: str) -> dt.datetime:
+def aware(t: dt.datetime, param: str) -> dt.datetime:
     if t.tzinfo is None:
         raise ApiError(422, "invalid_window", f"{param} needs a time zone (e.g. 2026-12-01T00:00:00Z)", param=param)
     try:
@@ -65,8 +65,8 @@ async def usage(
     tenant: Annotated[str | None, Query(max_length=64, description="admin keys only")] = None,
 ) -> UsageReport:
     """Per tenant and model in [start, end): requests, prompt/completion/total tokens, items (images classified, items recommended)."""
-    end = _aware(end, "end") if end is not None else dt.datetime.now(dt.UTC)
-    start = _aware(start, "start") if start is not None else end - DEFAULT_WINDOW
+    end = aware(end, "end") if end is not None else dt.datetime.now(dt.UTC)
+    start = aware(start, "start") if start is not None else end - DEFAULT_WINDOW
     if start >= end:
         raise ApiError(422, "invalid_window", "start must be before end", param="start")
     if end - start > MAX_WINDOW:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -30,6 +31,9 @@ from switchyard.common.catalog import CatalogHolder
 from switchyard.common.http1 import Http1Client
 from switchyard.common.metrics import UNKNOWN_MODEL
 from switchyard.common.request_log import ENGINE_MS_HEADER, ITEMS_HEADER, RequestRecord
+from switchyard.common.shadow.canary import SERVED_BY, CanaryOutcomes, active_canary, routed_to_candidate
+from switchyard.common.shadow.mirror import ShadowMirror, new_case_id, sampled
+from switchyard.common.shadow.spec import ShadowCase, V2Call
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
 from switchyard.common.v2.asgi import PROTOBUF
 from switchyard.common.v2.config import V2Config, V2Model
@@ -79,6 +83,10 @@ class V2Gateway(DataPlane):
             for domain, up in settings.v2_upstreams.items()
         }
         self.timeout_s = settings.v2_timeout_s
+        # Shadow deployment: answered requests of a model with a ``shadow`` are offered here (set in the app's lifespan).
+        self.mirror: ShadowMirror | None = None
+        # Canary: where the candidate's outcomes of canary-served requests go (set in the app's lifespan).
+        self.canary: CanaryOutcomes | None = None
 
     @property
     def config(self) -> V2Config:
@@ -134,14 +142,72 @@ class V2Gateway(DataPlane):
     async def infer_rest(self, name: str, version: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         m = self._recorded_model(name, version)
         tracing.annotate(**{"switchyard.model": m.name})
-        answer = await self.forward_http(m.domain, model_path(name, version) + "/infer", body, {k: headers[k] for k in PASS_HEADERS if k in headers})
+        sent = {k: headers[k] for k in PASS_HEADERS if k in headers}
+        served = self.canary_pick(m, version)
+        if served is not m:
+            version = None
+        started = time.perf_counter()
+        try:
+            answer = await self.forward_http(m.domain, model_path(served.name, version) + "/infer", body, sent, candidate=served is not m)
+        except V2Error as e:
+            self.canary_done(m, served, started, e.status)
+            raise
+        self.canary_done(m, served, started, answer.status)
+        if served is not m:
+            return answer.status, answer.body, {**answer.headers, SERVED_BY: served.name}
+        if answer.status == 200:
+            self.offer_shadow(m, V2Call(protocol="rest", body=body, headers=sent), answer.body, answer.headers, started)
         return answer.status, answer.body, answer.headers
 
     async def infer_grpc(self, request: bytes, timeout_s: float | None) -> bytes:
         req = parse_message(pb.ModelInferRequest, request)
         m = self._recorded_model(req.model_name, req.model_version or None)
         tracing.annotate(**{"switchyard.model": m.name})
-        return await self.forward_grpc(m, "ModelInfer", request, timeout_s)
+        served = self.canary_pick(m, req.model_version or None)
+        if served is not m:  # the same request addressed to the candidate (its answer names it)
+            req.model_name, req.model_version = served.name, ""
+            request = req.SerializeToString()
+        started = time.perf_counter()
+        try:
+            answer = await self.forward_grpc(m, "ModelInfer", request, timeout_s, candidate=served is not m)
+        except V2Error as e:
+            self.canary_done(m, served, started, e.status)
+            raise
+        self.canary_done(m, served, started, 200)
+        if served is m:
+            self.offer_shadow(m, V2Call(protocol="grpc", body=request), answer, {}, started)
+        return answer
+
+    def canary_pick(self, m: V2Model, version: str | None) -> V2Model:
+        """The model that answers this request: ``m``, or (a share of ``shadow.canary.weight``) its
+        candidate (switchyard.common.shadow.canary). A request pinned to a version stays on ``m``.
+        A canary-served request is noted on the request's record and is not shadow-mirrored."""
+        if self.canary is None or version is not None or m.shadow is None or not routed_to_candidate(m.shadow):
+            return m
+        cand = self.find(m.shadow.candidate)
+        if cand is None:
+            return m
+        rec = request_log.current_or_none()
+        if rec is not None:
+            rec.params = {**rec.params, "served_by": cand.name}
+        return cand
+
+    def canary_done(self, m: V2Model, served: V2Model, started: float, status: int) -> None:
+        """The candidate's outcome of a canary-served request (an error: a 5xx, the worker's or
+        the hop's): what its automatic rollback is decided on. A 4xx is the client's, not the candidate's."""
+        if served is m or self.canary is None or (canary := active_canary(m.shadow)) is None:
+            return
+        self.canary.note(m.name, served.name, status < 500, (time.perf_counter() - started) * 1000, canary.window_s)
+
+    def offer_shadow(self, m: V2Model, call: V2Call, answer: bytes, answer_headers: dict[str, str], started: float) -> None:
+        """Mirror a sampled, answered request of a model with a ``shadow`` (switchyard.common.shadow):
+        queued in memory here, sent to the shadow task queue after the client has its answer."""
+        if self.mirror is None or m.shadow is None or not sampled(m.shadow):
+            return
+        rec = request_log.current_or_none()
+        self.mirror.offer(ShadowCase(case_id=new_case_id(), domain=m.domain, model=m.name, candidate=m.shadow.candidate,
+                                     tenant=rec.tenant if rec else None, request_id=rec.request_id if rec else None,
+                                     primary_ms=(time.perf_counter() - started) * 1000, v2=call, v2_answer=answer, v2_answer_headers=answer_headers))
 
     def _recorded_model(self, name: str, version: str | None) -> V2Model:
         """The model (or 404), noted on the request's record: its name, or "unknown" (never client text)."""
@@ -151,24 +217,25 @@ class V2Gateway(DataPlane):
         rec.model = m.name
         return m
 
-    async def forward_http(self, domain: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float | None = None) -> Answer:
+    async def forward_http(self, domain: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float | None = None, *,
+                           candidate: bool = False) -> Answer:
         """POST (body) or GET (None) ``path`` on the domain's worker; with traces on, in a CLIENT span
         whose context the worker continues (``traceparent``)."""
         w = self.workers[domain]
         timeout_s = min(timeout_s or self.timeout_s, self.timeout_s)
         if not tracing.enabled():
-            return await self._forward(w, path, body, headers, timeout_s)
+            return await self._forward(w, path, body, headers, timeout_s, candidate)
         method = "GET" if body is None else "POST"
         with tracing.client_span(f"{method} {domain} worker", f"http://{w.http.host}:{w.http.port}{path}",
                                  {"http.request.method": method, "switchyard.domain": domain}) as span:
             assert span is not None
             headers = dict(headers)
             tracing.inject(headers)
-            answer = await self._forward(w, path, body, headers, timeout_s)
+            answer = await self._forward(w, path, body, headers, timeout_s, candidate)
             tracing.http_status(span, answer.status)
             return answer
 
-    async def _forward(self, w: _Worker, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float) -> Answer:
+    async def _forward(self, w: _Worker, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float, candidate: bool = False) -> Answer:
         rec = request_log.current_or_none()
         if rec is not None:  # the worker's logs and spans can name the request
             headers = {**headers, "x-request-id": rec.request_id}
@@ -183,7 +250,9 @@ class V2Gateway(DataPlane):
                     raise V2Error(504, f"the {w.domain} worker did not answer within {timeout_s:.0f}s") from None
                 except OSError as e:
                     raise V2Error(503, f"the {w.domain} worker is unreachable ({type(e).__name__})", headers={"Retry-After": "1"}) from None
-                if answer.status >= 500:
+                # A canary candidate's 5xx is the candidate's (its rollback counts it), not the worker's:
+                # it must not open the breaker in front of the primary's traffic.
+                if answer.status >= 500 and not candidate:
                     raise _Failed(answer)
                 return answer
         except _Failed as f:
@@ -191,10 +260,10 @@ class V2Gateway(DataPlane):
         except BreakerOpen as e:
             raise unavailable(e) from None
 
-    async def forward_grpc(self, model: V2Model, method: str, request: bytes, timeout_s: float | None) -> bytes:
+    async def forward_grpc(self, model: V2Model, method: str, request: bytes, timeout_s: float | None, *, candidate: bool = False) -> bytes:
         """Call gRPC ``method`` (e.g. ModelInfer) on the model's worker with the client's serialized
         request; the serialized response back, or the worker's error as a V2Error."""
-        answer = await self.forward_http(model.domain, f"/v2/grpc/{method}", request, {"content-type": PROTOBUF}, timeout_s)
+        answer = await self.forward_http(model.domain, f"/v2/grpc/{method}", request, {"content-type": PROTOBUF}, timeout_s, candidate=candidate)
         if answer.status == 200:
             return answer.body
         raise V2Error(answer.status, error_message(answer.body, f"the {model.domain} worker answered HTTP {answer.status}"))

@@ -131,3 +131,48 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_api_keys_tenant_created", "tenant", "created_at"),)
+
+
+class ShadowResult(Base):
+    """One shadow case the shadow worker finished (docs/shadow.md): numbers only, never the request,
+    the answers or an error's text."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    model: Mapped[str] = mapped_column(String(128))
+    candidate: Mapped[str] = mapped_column(String(128))
+    domain: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(24))
+    error: Mapped[str | None] = mapped_column(String(64))
+    primary_ms: Mapped[float] = mapped_column(Float)
+    candidate_ms: Mapped[float | None] = mapped_column(Float)
+    top1_agreement: Mapped[float | None] = mapped_column(Float)
+    topk_overlap: Mapped[float | None] = mapped_column(Float)
+    text_similarity: Mapped[float | None] = mapped_column(Float)
+    primary_tokens: Mapped[int | None] = mapped_column(Integer)
+    candidate_tokens: Mapped[int | None] = mapped_column(Integer)
+    primary_ttft_ms: Mapped[float | None] = mapped_column(Float)
+    candidate_ttft_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class CatalogChangeRow(Base):
+    """A promotion or rollback (switchyard.common.shadow.overlay): applied, in id order, on top of
+    the checked-in catalog by every process. Kept for good: it is the catalog's history."""
+
+    __tablename__ = "catalog_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    model: Mapped[str] = mapped_column(String(128))
+    # promote | rollback | resume
+    action: Mapped[str] = mapped_column(String(16))
+    candidate: Mapped[str | None] = mapped_column(String(128))
+    # The admin key's "tenant/name", or "switchyard (automatic)".
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(1000))
+
+    __table_args__ = (Index("ix_catalog_changes_model", "model", "id"),)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from switchyard.common.queues import Domain
+from switchyard.common.shadow.spec import ShadowSpec
 
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -125,6 +126,8 @@ class V2Model(_Strict):
     steps: list[Step] = Field(min_length=1)
     # Defaults a request may override with its own parameters (e.g. top_k).
     parameters: dict[str, int | float | str | bool] = {}
+    # Shadow deployment (docs/shadow.md): a share of answered realtime requests replayed on a candidate.
+    shadow: ShadowSpec | None = None
 
     @model_validator(mode="after")
     def _dag(self) -> V2Model:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
@@ -70,6 +71,15 @@ def response_to_pb(resp: InferResponse) -> pb.ModelInferResponse:
         msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         msg.raw_output_contents.append(to_raw(t))
     return msg
+
+
+def response_outputs(msg: pb.ModelInferResponse) -> dict[str, np.ndarray[Any, Any]]:
+    """A response's outputs as arrays (the client's side of ``response_to_pb``; raw contents, as
+    Switchyard's and Triton's servers send them)."""
+    raw = list(msg.raw_output_contents)
+    if len(raw) != len(msg.outputs):
+        raise V2Error(502, f"the response has {len(raw)} raw_output_contents for {len(msg.outputs)} outputs")
+    return {o.name: from_raw(o.name, o.datatype, list(o.shape), raw[n]) for n, o in enumerate(msg.outputs)}
 
 
 def metadata_to_pb(model: V2Model) -> pb.ModelMetadataResponse:

@@ -1,0 +1,104 @@
+"""Mirroring: a sampled, answered request becomes a ``ShadowCompare`` workflow on the ``shadow``
+task queue, at the lowest priority, within the platform-wide budget (switchyard.common.shadow.budget).
+
+The API (realtime V2 requests) hands cases to ``ShadowMirror.offer``, which only queues them in
+memory: the Temporal call happens in a background task, after the client has its answer. The LLM
+worker sends its cases from an activity after the job has ended (``send``). Every case ends in one
+outcome of ``switchyard_shadow_cases`` (docs/metrics.md): mirrored, or dropped and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.common import Priority, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from switchyard.common.metrics import SHADOW_CASES
+from switchyard.common.shadow.budget import ShadowBudget
+from switchyard.common.shadow.spec import SHADOW_PRIORITY, SHADOW_QUEUE, SHADOW_WORKFLOW, ShadowCase, ShadowSpec
+
+log = logging.getLogger("switchyard.shadow")
+
+# A case nobody picked up in this time (no shadow worker running) ends without a comparison.
+CASE_TIMEOUT = timedelta(minutes=10)
+
+
+def sampled(shadow: ShadowSpec | None) -> bool:
+    """Whether this request of a model with ``shadow`` is mirrored."""
+    return shadow is not None and shadow.sample_rate > 0 and random.random() < shadow.sample_rate
+
+
+def new_case_id() -> str:
+    return uuid.uuid4().hex
+
+
+def case_bytes(case: ShadowCase) -> int:
+    """The request and answer a case carries (what makes a Temporal payload large)."""
+    n = len(case.v2.body) if case.v2 else 0
+    n += len(case.v2_answer or b"")
+    if case.llm:
+        n += len(case.llm.text.encode()) + sum(len(str(v)) for v in case.llm.input.values())
+    return n
+
+
+async def send(client: Client, budget: ShadowBudget, case: ShadowCase, max_bytes: int) -> str:
+    """Start the case's workflow if it fits the payload limit and the budget; the outcome (counted)."""
+    if case_bytes(case) > max_bytes:
+        outcome = "dropped_too_large"
+    elif not await budget.take(case.case_id):
+        outcome = "dropped_backlog"
+    else:
+        try:
+            await client.start_workflow(SHADOW_WORKFLOW, case, id=f"shadow-{case.case_id}", task_queue=SHADOW_QUEUE,
+                                        priority=Priority(priority_key=SHADOW_PRIORITY), execution_timeout=CASE_TIMEOUT,
+                                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+            outcome = "mirrored"
+        except WorkflowAlreadyStartedError:
+            outcome = "mirrored"  # a retried offer: the first one got through
+        except Exception as e:  # shadow traffic never fails live work: counted and logged
+            await budget.give_back(case.case_id)
+            log.warning("shadow case not started", extra={"fields": {"model": case.model, "error": type(e).__name__}})
+            outcome = "failed"
+    SHADOW_CASES.labels(model=case.model, outcome=outcome).inc()
+    return outcome
+
+
+class ShadowMirror:
+    """The API's mirror: ``offer`` queues in memory (microseconds, never blocks); one background task
+    starts the workflows. A full queue drops the case (``dropped_queue``)."""
+
+    def __init__(self, client: Client, budget: ShadowBudget, *, max_bytes: int, queue_size: int = 256) -> None:
+        self.client, self.budget, self.max_bytes = client, budget, max_bytes
+        self.queue: asyncio.Queue[ShadowCase] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def offer(self, case: ShadowCase) -> None:
+        try:
+            self.queue.put_nowait(case)
+        except asyncio.QueueFull:
+            SHADOW_CASES.labels(model=case.model, outcome="dropped_queue").inc()
+
+    async def _run(self) -> None:
+        while True:
+            case = await self.queue.get()
+            try:
+                await send(self.client, self.budget, case, self.max_bytes)
+            except Exception:  # Redis down: the case is lost, live work is not
+                SHADOW_CASES.labels(model=case.model, outcome="failed").inc()
+                log.warning("shadow case not sent", exc_info=True)
