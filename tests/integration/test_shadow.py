@@ -49,14 +49,25 @@ def report(admin: httpx.Client, model: str) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
-def compared_rows(admin: httpx.Client, model: str, samples: int, timeout_s: float = 180.0) -> dict[str, Any]:
-    """The report's row once the shadow worker has finished ``samples`` cases of ``model``."""
+COUNTS = ("samples", "compared", "candidate_failed")
+
+
+def counts(admin: httpx.Client, model: str) -> dict[str, int]:
+    """The report's counts for ``model`` now (other tests on this stack shadow it too, e.g. test_metrics)."""
+    data = report(admin, model)["data"]
+    return {k: data[0][k] if data else 0 for k in COUNTS}
+
+
+def compared_rows(admin: httpx.Client, model: str, samples: int, before: dict[str, int], timeout_s: float = 180.0) -> dict[str, Any]:
+    """The report's row once the shadow worker has finished ``samples`` more cases of ``model`` than
+    ``before``, its counts made relative to ``before``."""
     deadline = time.monotonic() + timeout_s
     while True:
         data = report(admin, model)["data"]
-        if data and data[0]["samples"] >= samples:
-            return data[0]  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"{model}: {data[0]['samples'] if data else 0} of {samples} shadow cases finished in {timeout_s:.0f} s"
+        if data and data[0]["samples"] >= before["samples"] + samples:
+            return {**data[0], **{k: data[0][k] - before[k] for k in COUNTS}}  # type: ignore[no-any-return]
+        got = data[0]["samples"] - before["samples"] if data else 0
+        assert time.monotonic() < deadline, f"{model}: {got} of {samples} shadow cases finished in {timeout_s:.0f} s"
         time.sleep(0.5)
 
 
@@ -86,7 +97,7 @@ def test_the_report_needs_an_admin_key_and_a_known_model(stack: Stack, http: htt
 def test_vision_requests_are_compared_with_the_int8_candidate_over_rest_and_grpc(stack: Stack, admin: httpx.Client, auth: dict[str, str],
                                                                                  api_key: str) -> None:
     model, images = SHADOWED["vision"], sample_images()
-    before = scrape(stack.cfg.api_metrics_port)
+    before, done_before = scrape(stack.cfg.api_metrics_port), counts(admin, model)
     rest = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.http_port}", network_timeout=60)
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.grpc_port}")
     try:
@@ -101,9 +112,10 @@ def test_vision_requests_are_compared_with_the_int8_candidate_over_rest_and_grpc
     finally:
         rest.close()
         grpc.close()
-    row = compared_rows(admin, model, 4)
+    row = compared_rows(admin, model, 4, done_before)
     assert (row["candidate"], row["samples"], row["compared"], row["candidate_failed"]) == ("vision-classify-int8", 4, 4, 0), row
-    # int8 EfficientNet-Lite0 keeps the fp32 model's top label on these two images, and most of its top 5.
+    # int8 EfficientNet-Lite0 keeps the fp32 model's top label on china.jpg (every request here and
+    # test_metrics' one), and most of its top 5.
     assert row["top1_agreement"] == 1.0, row
     assert 0.6 <= row["topk_overlap"] <= 1.0, row
     assert row["text_similarity"] is None and row["primary_p50_ms"] > 0 and row["candidate_p50_ms"] > 0, row
@@ -119,10 +131,11 @@ def test_vision_requests_are_compared_with_the_int8_candidate_over_rest_and_grpc
 
 def test_recommendations_are_compared_with_the_second_ranker_version(admin: httpx.Client, http: httpx.Client) -> None:
     model = SHADOWED["recsys"]
+    done_before = counts(admin, model)
     for user in (1, 2, 3):
         r = http.post("/v1/recommendations", json={"model": model, "user_id": user, "k": 10})
         assert r.status_code == 200, r.text
-    row = compared_rows(admin, model, 3)
+    row = compared_rows(admin, model, 3, done_before)
     assert (row["candidate"], row["compared"], row["candidate_failed"]) == ("recsys-rank-v2", 3, 0), row
     # Two rankers over the same retrieved candidates: related lists, not the same one.
     assert 0.0 < row["topk_overlap"] <= 1.0 and 0.0 <= row["top1_agreement"] <= 1.0, row
@@ -140,11 +153,12 @@ async def _shadow_case(stack: Stack, job_id: str) -> ShadowCase:
 
 def test_llm_completions_are_compared_with_vllm_under_the_same_pii_policy(stack: Stack, admin: httpx.Client, http: httpx.Client) -> None:
     model = SHADOWED["llm"]
+    done_before = counts(admin, model)
     prompt = f"Write one short sentence to Jane Roe at {PII_EMAIL} about the weather."
     r = http.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 12, "temperature": 0})
     assert r.status_code == 200, r.text
     job_id, usage = r.headers["x-switchyard-job-id"], r.json()["usage"]
-    row = compared_rows(admin, model, 1, timeout_s=240)
+    row = compared_rows(admin, model, 1, done_before, timeout_s=240)
     assert (row["candidate"], row["compared"], row["candidate_failed"]) == ("smollm2-135m-instruct-vllm", 1, 0), row
     assert 0.0 <= row["text_similarity"] <= 1.0, row
     assert row["primary_tokens_mean"] == usage["completion_tokens"] and row["candidate_tokens_mean"] >= 1, row
