@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -20,7 +22,8 @@ from fault_proxy import FaultProxy  # pants: no-infer-dep (a test util beside co
 from otlp_receiver import OtlpReceiver  # pants: no-infer-dep (a test util beside conftest.py)
 from tritonclient.utils import InferenceServerException
 
-from switchyard.devstack.client import JobClient
+from switchyard.devstack.client import Event, JobClient
+from switchyard.devstack.procs import Proc
 from switchyard.devstack.stack import Stack, StackConfig, drop_database
 from switchyard.devstack.stack_lock import one_stack_at_a_time
 
@@ -159,6 +162,38 @@ def stack(scratch_dsn: Callable[[], str], otlp: OtlpReceiver, feast_proxy: Fault
             yield s
         finally:
             s.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    """The development key (every scope, admin included), through Nginx."""
+    with httpx.Client(base_url=stack.ingress, headers={"Authorization": f"Bearer {stack.dev_key}"}, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack, auth: dict[str, str]) -> Iterator[httpx.Client]:
+    """The tests' key (no admin scope), through Nginx."""
+    with httpx.Client(base_url=stack.ingress, headers=auth, timeout=120) as c:
+        yield c
+
+
+def freeze_at_first_progress(events: Iterator[Event], triton: Proc) -> list[Event]:
+    """Follow a vision job's ``events`` up to its first progress event, then freeze Triton
+    (SIGSTOP): the worker hangs inside its next chunk. The events seen so far; ``thaw`` undoes it."""
+    assert triton.popen is not None
+    seen: list[Event] = []
+    for e in events:
+        seen.append(e)
+        if e.type == "progress":
+            os.kill(triton.popen.pid, signal.SIGSTOP)
+            break
+    return seen
+
+
+def thaw(triton: Proc) -> None:
+    assert triton.popen is not None
+    os.kill(triton.popen.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

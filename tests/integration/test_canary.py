@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import CANARIED, eventually  # pants: no-infer-dep
@@ -26,20 +24,6 @@ from switchyard.devstack.stack import Stack
 
 CANDIDATE = "vision-classify-int8"
 SERVED_BY = "x-switchyard-served-by"
-
-
-@pytest.fixture(scope="module")
-def admin(stack: Stack) -> Iterator[httpx.Client]:
-    """The development key: every scope, admin included."""
-    with httpx.Client(base_url=stack.ingress, headers={"Authorization": f"Bearer {stack.dev_key}"}, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(stack: Stack, auth: dict[str, str]) -> Iterator[httpx.Client]:
-    """The tests' key (no admin scope), through Nginx."""
-    with httpx.Client(base_url=stack.ingress, headers=auth, timeout=120) as c:
-        yield c
 
 
 def infer(base: str, model: str, headers: dict[str, str], image: bytes) -> tuple[httpx.Response, np.ndarray[Any, Any] | None]:

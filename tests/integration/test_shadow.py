@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import SHADOWED  # pants: no-infer-dep
@@ -27,20 +25,6 @@ from switchyard.devstack.models import sample_images
 from switchyard.devstack.stack import Stack
 
 PII_EMAIL = "jane.roe@example.org"
-
-
-@pytest.fixture(scope="module")
-def admin(stack: Stack) -> Iterator[httpx.Client]:
-    """The development key: every scope, admin included (the report is admin-only)."""
-    with httpx.Client(base_url=stack.ingress, headers={"Authorization": f"Bearer {stack.dev_key}"}, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(stack: Stack, auth: dict[str, str]) -> Iterator[httpx.Client]:
-    """The tests' key (no admin scope), through Nginx."""
-    with httpx.Client(base_url=stack.ingress, headers=auth, timeout=120) as c:
-        yield c
 
 
 def report(admin: httpx.Client, model: str) -> dict[str, Any]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import freeze_at_first_progress, thaw  # pants: no-infer-dep
 from temporalio.client import Client
 
 from switchyard.common.temporal import HEARTBEAT_TIMEOUT
@@ -171,12 +171,7 @@ def test_a_draining_vision_worker_hands_its_batch_back_with_its_checkpoint(stack
     job_id = client.submit({"domain": "vision", "model": "vision-classify",
                             "input": {"images": [base64.b64encode(i).decode() for i in [imgs["china"], imgs["flower"]] * 16], "top_k": 3}})
     events = client.events(job_id)
-    seen: list[Event] = []
-    for e in events:
-        seen.append(e)
-        if e.type == "progress":
-            os.kill(triton.popen.pid, signal.SIGSTOP)
-            break
+    seen = freeze_at_first_progress(events, triton)
     try:
         worker.signal(signal.SIGTERM)
         # The drain ends while Triton is still frozen (the attempt does not wait for its chunk)...
@@ -185,7 +180,7 @@ def test_a_draining_vision_worker_hands_its_batch_back_with_its_checkpoint(stack
             assert time.monotonic() < deadline and worker.alive(), worker.tail()
             time.sleep(0.1)
     finally:
-        os.kill(triton.popen.pid, signal.SIGCONT)
+        thaw(triton)
     finished = _log_line(worker, "drain finished")
     assert finished["handed_back"] == 1, finished
     assert finished["duration_s"] < 5, finished  # not the 5 s grace period

@@ -4,13 +4,12 @@ vision worker, with progress events, on the same V2 models (ensembles included) 
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import time
 
 import pytest
+from conftest import freeze_at_first_progress, thaw  # pants: no-infer-dep
 
-from switchyard.devstack.client import Event, JobClient
+from switchyard.devstack.client import JobClient
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.stack import Stack
 
@@ -64,17 +63,12 @@ def test_worker_killed_mid_job_resumes_from_its_checkpoint(stack: Stack, client:
     assert triton.popen is not None
     job_id = client.submit(vision_job([imgs["china"], imgs["flower"]] * 16))
     events = client.events(job_id)
-    seen: list[Event] = []
-    for e in events:
-        seen.append(e)
-        if e.type == "progress":
-            os.kill(triton.popen.pid, signal.SIGSTOP)
-            break
+    seen = freeze_at_first_progress(events, triton)
     try:
         time.sleep(2.5)  # at least one heartbeat carries the checkpoint
         worker.kill()
     finally:
-        os.kill(triton.popen.pid, signal.SIGCONT)
+        thaw(triton)
     worker.start()
     worker.wait_ready()
     seen += list(events)

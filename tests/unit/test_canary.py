@@ -22,9 +22,8 @@ import pytest_asyncio
 import uvicorn
 import yaml  # type: ignore[import-untyped]
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,7 +34,6 @@ from switchyard.api.settings import ApiSettings
 from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import Catalog, CatalogError, CatalogHolder, build_catalog
 from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
-from switchyard.common.db.migrate import upgrade
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.settings import V2Upstream
 from switchyard.common.shadow.canary import (
@@ -54,7 +52,6 @@ from switchyard.common.shadow.spec import CanarySpec, ShadowSpec
 from switchyard.common.v2.config import V2Model
 
 SHIPPED = Path(__file__).resolve().parents[2] / "infra" / "catalog" / "models.yaml"
-PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
 REDIS_URL = os.environ.get("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379/0")
 ENV = {"SWITCHYARD_VLLM_ENABLED": "true"}
 CANARY: dict[str, Any] = {"weight": 0.5, "max_error_rate": 0.1, "max_p99_ms": 50, "window_s": 30, "min_requests": 10}
@@ -224,20 +221,6 @@ async def redis() -> AsyncIterator[Redis]:
     finally:
         await r.aclose()
 
-
-@pytest_asyncio.fixture
-async def engine() -> AsyncIterator[AsyncEngine]:
-    dsn = f"{PG_SERVER}/switchyard_unit_{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(upgrade, dsn)  # Alembic runs its own event loop
-    eng = create_async_engine(dsn)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-        admin = create_async_engine(make_url(dsn).set(database="postgres"), isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(dsn).database}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest.mark.asyncio

@@ -4,22 +4,16 @@ the real PostgreSQL) with its cache and revocation."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from switchyard.common.db.migrate import upgrade
 from switchyard.common.keys import KEY_LENGTH, KEY_PREFIX, KeyStore, Principal, check_scopes, generate, hash_key, key_from_headers, well_formed
 from switchyard.common.priority import capped_priority
 from switchyard.common.quotas import DEFAULT_TIER_LIMITS
 
-PG_SERVER = os.environ.get("SWITCHYARD_POSTGRES_DSN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
 PEPPER = "unit-test-pepper-0123456789"
 
 
@@ -72,20 +66,6 @@ def test_scopes_are_validated() -> None:
     with pytest.raises(ValueError):
         check_scopes([])
 
-
-@pytest_asyncio.fixture
-async def engine() -> AsyncIterator[AsyncEngine]:
-    dsn = f"{PG_SERVER}/switchyard_unit_{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(upgrade, dsn)  # Alembic runs its own event loop
-    eng = create_async_engine(dsn)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-        admin = create_async_engine(make_url(dsn).set(database="postgres"), isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(dsn).database}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest.mark.asyncio
