@@ -34,9 +34,10 @@ def main() -> None:
     ap.add_argument("which", nargs="*", help="submit, ttft and/or vision (default: all); or ab, pii, recsys, llm, capacity, temporal, soak or shadow alone")
     ap.add_argument("--postgres-dsn", default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard_bench")
     ap.add_argument("--baseline-rev", help="ab: the git revision to compare the working tree with")
+    ap.add_argument("--rounds", type=int, default=shadow.ROUNDS, help=f"shadow: pairs per row (default {shadow.ROUNDS})")
     sk = ap.add_argument_group("soak")
     sk.add_argument("--duration-s", type=float, default=600, help="soak: seconds measured after the warm-up (default 600)")
-    sk.add_argument("--warmup-s", type=float, default=60, help="soak: seconds of the same load before the start sample (default 60)")
+    sk.add_argument("--warmup-s", type=float, default=180, help="soak: seconds of the same load before the start sample (default 180: Temporal's caches fill for ~3 min)")
     sk.add_argument("--sample-every-s", type=float, default=30, help="soak: seconds between memory samples (default 30)")
     sk.add_argument("--rate", action="append", default=[], metavar="LANE=RPS",
                     help=f"soak: one lane's requests per second, 0 turns it off (repeatable; defaults: {', '.join(f'{k}={v:g}' for k, v in soak.DEFAULT_RATES.items())})")
@@ -57,7 +58,7 @@ def main() -> None:
     if args.which == ["capacity"]:
         return run_capacity(args.postgres_dsn)
     if args.which == ["shadow"]:
-        return run_shadow(args.postgres_dsn)
+        return run_shadow(args.postgres_dsn, args.rounds)
     if args.which == ["soak"]:
         rates = dict(soak.DEFAULT_RATES)
         for spec in args.rate:
@@ -129,11 +130,11 @@ def run_soak(postgres_dsn: str, rates: dict[str, float], duration_s: float, warm
         raise SystemExit(1)
 
 
-def run_shadow(postgres_dsn: str) -> None:
+def run_shadow(postgres_dsn: str, rounds: int) -> None:
     """Copies of vision-classify and recsys-rank with and without a shadow (shadow.py); no vLLM."""
     cfg = _config(postgres_dsn, vision=True, recsys=True, vllm=False)
     cfg.catalog_overlays.append(shadow.write_overlay(cfg.state_dir / "catalog-shadow-bench.json"))
-    _on_stack(cfg, shadow.run)
+    _on_stack(cfg, lambda stack: shadow.run(stack, rounds))
 
 
 def run_ab(postgres_dsn: str, baseline_rev: str) -> None:

@@ -1,9 +1,11 @@
-"""Shadow deployment's cost to the primary (docs/shadow.md): the same request to three copies of a
+"""Shadow deployment's cost to the primary (docs/shadow.md): the same request to copies of a
 model, through Nginx with the lean HTTP/1.1 client: without a shadow, shadowed at the catalog's
-default sample rate (5 %), and shadowed at 100 %. Every round sends one request to each copy in a
-shuffled order; the differences to the copy without a shadow are paired per round (median,
-bootstrap 95 % CI, p99 of the differences). Vision (V2 REST, one JPEG; candidate int8 on Triton)
-and recsys (``/v1/recommendations``; candidate the second ranker version).
+default sample rate (5 %), and shadowed at 100 %. Each shadowed copy is measured against the copy
+without a shadow in its own run: at 5 %, one request to each per round in a shuffled order; at
+100 %, alternating blocks (``_blocks``: a replay competes with whatever request follows it). The
+differences are paired (median, bootstrap 95 % CI, p99 of the differences). Vision (V2 REST, one
+JPEG; candidate int8 on Triton) and recsys (``/v1/recommendations``; candidate the second ranker
+version).
 
 The shadow worker replays the mirrored requests on the same 2 cores meanwhile: at 100 % the
 candidate's work competes with the primary's, which is what the 100 % row shows; the budget drops
@@ -32,6 +34,8 @@ from switchyard.devstack.stack import Stack
 from switchyard_bench.stats import RESULTS, cpu_model, median_ci, pct, save, summarize
 
 ROUNDS = 300
+BLOCK = 10  # requests per block in the 100 % design
+BLOCK_PAUSE_S = 0.5  # after each block: the shadow worker drains what the block mirrored
 DEFAULT_RATE = 0.05
 COPIES = {"plain": None, "default": DEFAULT_RATE, "all": 1.0}
 SHIPPED = Path(__file__).resolve().parents[2] / "infra" / "catalog" / "models.yaml"
@@ -73,24 +77,52 @@ def requests_of(model: str, key: str) -> dict[str, tuple[str, bytes, dict[str, s
     return out
 
 
-async def _rounds(stack: Stack, reqs: dict[str, tuple[str, bytes, dict[str, str]]], rounds: int) -> dict[str, list[float]]:
+async def _interleaved(stack: Stack, reqs: dict[str, tuple[str, bytes, dict[str, str]]], rounds: int) -> dict[str, list[float]]:
+    """Every round one request to each copy in ``reqs``, in a shuffled order (20 warm-up rounds not kept)."""
     client = Http1Client.for_url(stack.ingress, timeout_s=30)
     ms: dict[str, list[float]] = {c: [] for c in reqs}
     order = list(reqs)
     try:
-        for i in range(rounds + 20):  # 20 rounds of warm-up, not kept
+        for i in range(rounds + 20):
             random.shuffle(order)
             for copy in order:
-                path, body, headers = reqs[copy]
-                t0 = time.perf_counter()
-                r = await client.request("POST", path, body, headers)
-                took = (time.perf_counter() - t0) * 1000
-                assert r.status == 200, (copy, r.status, r.body[:200])
+                took = await _one(client, copy, reqs[copy])
                 if i >= 20:
                     ms[copy].append(took)
     finally:
         await client.close()
     return ms
+
+
+async def _blocks(stack: Stack, reqs: dict[str, tuple[str, bytes, dict[str, str]]], rounds: int) -> dict[str, list[float]]:
+    """Shadowed at 100 %: the replays compete with whatever request comes next, so one request to
+    each copy per round would spread the candidate's load over both. Here blocks of ``BLOCK``
+    requests to one copy alternate with blocks to the other (which goes first: shuffled per pair),
+    with a pause after each block for the shadow worker to drain; request j of a shadowed block is
+    paired with request j of the adjacent block without a shadow."""
+    client = Http1Client.for_url(stack.ingress, timeout_s=30)
+    ms: dict[str, list[float]] = {c: [] for c in reqs}
+    order = list(reqs)
+    try:
+        for b in range(rounds // BLOCK + 2):  # 2 pairs of warm-up blocks, not kept
+            random.shuffle(order)
+            for copy in order:
+                took = [await _one(client, copy, reqs[copy]) for _ in range(BLOCK)]
+                if b >= 2:
+                    ms[copy] += took
+                await asyncio.sleep(BLOCK_PAUSE_S)
+    finally:
+        await client.close()
+    return ms
+
+
+async def _one(client: Http1Client, copy: str, req: tuple[str, bytes, dict[str, str]]) -> float:
+    path, body, headers = req
+    t0 = time.perf_counter()
+    r = await client.request("POST", path, body, headers)
+    took = (time.perf_counter() - t0) * 1000
+    assert r.status == 200, (copy, r.status, r.body[:200])
+    return took
 
 
 def shadow_cases(stack: Stack) -> dict[str, dict[str, float]]:
@@ -108,28 +140,31 @@ def run(stack: Stack, rounds: int = ROUNDS) -> None:
     rows: list[dict[str, Any]] = []
     paired: list[dict[str, Any]] = []
     for model in CANDIDATES:
-        t0 = time.perf_counter()
-        ms = asyncio.run(_rounds(stack, requests_of(model, stack.dev_key), rounds))
-        seconds = time.perf_counter() - t0
+        reqs = requests_of(model, stack.dev_key)
         base = f"{model}, no shadow"
-        for copy, rate in COPIES.items():
-            label = base if rate is None else f"{model}, shadowed at {rate:.0%}"
-            rows.append(summarize(label, ms[copy], seconds, None if rate is None else base))
-            if rate is not None:
-                diffs = [a - b for a, b in zip(ms[copy], ms["plain"], strict=True)]
-                med, lo, hi = median_ci(diffs)
-                paired.append({"model": model, "sample_rate": rate, "median_diff_ms": round(med, 3), "ci95_ms": [round(lo, 3), round(hi, 3)],
-                               "p99_of_diff_ms": round(pct(diffs, 99), 2), "p50_ms": round(statistics.median(ms[copy]), 2),
-                               "p50_plain_ms": round(statistics.median(ms["plain"]), 2)})
+        for copy, design in (("default", _interleaved), ("all", _blocks)):
+            t0 = time.perf_counter()
+            ms = asyncio.run(design(stack, {"plain": reqs["plain"], copy: reqs[copy]}, rounds))
+            seconds = time.perf_counter() - t0
+            rate = COPIES[copy]
+            assert rate is not None
+            how = "interleaved per request" if design is _interleaved else f"alternating blocks of {BLOCK}"
+            rows.append(summarize(f"{base} ({how})", ms["plain"], seconds))
+            rows.append(summarize(f"{model}, shadowed at {rate:.0%} ({how})", ms[copy], seconds, f"{base} ({how})"))
+            diffs = [a - b for a, b in zip(ms[copy], ms["plain"], strict=True)]
+            med, lo, hi = median_ci(diffs)
+            paired.append({"model": model, "sample_rate": rate, "design": how, "n": len(diffs), "median_diff_ms": round(med, 3),
+                           "ci95_ms": [round(lo, 3), round(hi, 3)], "p99_of_diff_ms": round(pct(diffs, 99), 2),
+                           "p50_ms": round(statistics.median(ms[copy]), 2), "p50_plain_ms": round(statistics.median(ms["plain"]), 2)})
     time.sleep(5)  # the last cases reach the shadow worker
     cases = {m: c for m, c in shadow_cases(stack).items() if m.startswith("bench-")}
-    lines = ["| model | shadowed at | p50 ms (no shadow) | p50 ms | median paired difference [95 % CI] | p99 of differences |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['model']} | {p['sample_rate']:.0%} | {p['p50_plain_ms']:.2f} | {p['p50_ms']:.2f} | {p['median_diff_ms']:+.3f} ms "
+    lines = ["| model | shadowed at | pairing | n | p50 ms (no shadow) | p50 ms | median paired difference [95 % CI] | p99 of differences |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['model']} | {p['sample_rate']:.0%} | {p['design']} | {p['n']} | {p['p50_plain_ms']:.2f} | {p['p50_ms']:.2f} | {p['median_diff_ms']:+.3f} ms "
               f"[{p['ci95_ms'][0]:+.3f}, {p['ci95_ms'][1]:+.3f}] | {p['p99_of_diff_ms']:+.2f} ms |" for p in paired]
     report = "\n".join(lines)
-    print(f"\nShadow deployment's cost to the primary ({cpu_model()}), {rounds} interleaved rounds through Nginx:\n{report}\n")
+    print(f"\nShadow deployment's cost to the primary ({cpu_model()}), {rounds} pairs per row through Nginx:\n{report}\n")
     print("shadow cases by outcome:", json.dumps(cases, indent=1))
     save("shadow", rows, {"rounds": rounds, "paired": paired, "shadow_cases": cases,
-                          "method": "interleaved per round, shuffled; paired differences to the copy without a shadow; lean HTTP/1.1 client through Nginx"})
+                          "method": "default rate: interleaved per request, shuffled; 100 %: alternating blocks (BLOCK requests, pause after each), request j paired with request j of the adjacent block; lean HTTP/1.1 client through Nginx"})
     with (RESULTS / "shadow.md").open("a") as f:
         f.write(f"\n## Paired cost to the primary\n\n{report}\n\nShadow cases by outcome (API): `{json.dumps(cases)}`\n")
