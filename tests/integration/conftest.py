@@ -85,7 +85,7 @@ def shadow_models(engine_port: int) -> list[dict[str, object]]:
 # (rolled back automatically), and one without a canary to promote and roll back by hand.
 # An LLM model whose canary candidate (the same llama.cpp model under another name) passes its TTFT
 # p99 threshold on every job.
-CANARIED = {"split": "vision-canary-split", "slow": "vision-canary-slow", "promote": "vision-promote",
+CANARIED = {"split": "vision-canary-split", "slow": "vision-canary-slow", "broken": "vision-canary-broken", "promote": "vision-promote",
             "llm": "smollm2-canary", "llm_candidate": "smollm2-canary-candidate"}
 
 
@@ -103,6 +103,7 @@ def canary_models(engine_port: int) -> list[dict[str, object]]:
 
     return [copy(CANARIED["split"], {"weight": 0.5, "max_error_rate": 1.0, "max_p99_ms": 600_000, "min_requests": 1_000_000}),
             copy(CANARIED["slow"], {"weight": 1.0, "max_error_rate": 1.0, "max_p99_ms": 0.001, "window_s": 120, "min_requests": 5}),
+            copy(CANARIED["broken"], {"weight": 1.0, "max_error_rate": 0.5, "max_p99_ms": 600_000, "window_s": 120, "min_requests": 4}),
             copy(CANARIED["promote"], None), *llm]
 
 

@@ -1,7 +1,9 @@
 """Canary and promotion against the real stack (docs/shadow.md, "Canary and promotion"): a canary at
 half the traffic answers about half the requests from the int8 candidate (V2 REST with the
 ``X-Switchyard-Served-By`` header, gRPC, the request log); a canary whose p99 passes its threshold
-is rolled back automatically (the change row, weight 0, all traffic back on the primary); a
+is rolled back automatically (the change row, weight 0, all traffic back on the primary), and so is
+one whose candidate fails (a fault injector in front of Triton, triton_fault.py, fails the int8
+model's inferences with Triton's own error answer); a
 promotion that the vision worker applies (it answers with the candidate's network under the
 model's name), then a manual rollback, with who/when/why in ``GET /v1/shadow/{model}/changes``;
 the routes' 401/403/404/409/422. The models are copies of vision-classify (conftest.py)."""
@@ -17,12 +19,14 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import CANARIED, eventually  # pants: no-infer-dep
+from triton_fault import TritonFaultInjector, vision_worker_behind  # pants: no-infer-dep
 
 from switchyard.devstack.keys import DEV_TENANT
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.stack import Stack
 
 CANDIDATE = "vision-classify-int8"
+CANDIDATE_TRITON_MODEL = "efficientnet_lite0_int8"
 SERVED_BY = "x-switchyard-served-by"
 
 
@@ -102,6 +106,32 @@ def test_a_canary_over_its_p99_threshold_is_rolled_back_automatically(stack: Sta
     assert changes(admin, model)["canary_weight"] == 1.0
     r, _ = infer(stack.ingress, model, auth, image)
     assert r.headers.get(SERVED_BY) == CANDIDATE
+
+
+def test_a_canary_over_its_error_rate_is_rolled_back_automatically(stack: Stack, auth: dict[str, str], admin: httpx.Client) -> None:
+    model, image = CANARIED["broken"], sample_images()["china"]
+    assert changes(admin, model)["data"] == []
+    injector = TritonFaultInjector(stack.cfg.triton_http_port).start()
+    injector.failing.add(CANDIDATE_TRITON_MODEL)
+    try:
+        with vision_worker_behind(stack, injector):
+            answers = [infer(stack.ingress, model, auth, image)[0] for _ in range(4)]
+            # The fault took hold: Triton's answer for the candidate's model was an error each time...
+            assert injector.counts[(CANDIDATE_TRITON_MODEL, 1, "failed")] == 4, injector.counts
+            # ...which the client saw as the candidate's 503 (weight 1: every request is the candidate's).
+            assert [(r.status_code, r.headers.get(SERVED_BY)) for r in answers] == [(503, CANDIDATE)] * 4, [r.text for r in answers]
+            eventually(lambda: bool(changes(admin, model)["data"]), "the automatic rollback on the error rate", timeout_s=30)
+            after = changes(admin, model)
+            [row] = after["data"]
+            assert (row["action"], row["actor"], row["candidate"]) == ("rollback", "switchyard (automatic)", CANDIDATE), row
+            assert row["reason"].startswith("error rate 1.000 over max_error_rate 0.5 (4 errors in ") and "in the last 120 s" in row["reason"], row
+            assert after["canary_weight"] == 0.0, after
+            time.sleep(2.5)  # every API process polls the changes every 2 s
+            r, scores = infer(stack.ingress, model, auth, image)
+            assert r.status_code == 200 and SERVED_BY not in r.headers and scores is not None, (r.status_code, dict(r.headers))
+            assert injector.counts[(CANDIDATE_TRITON_MODEL, 1, "failed")] == 4  # the primary answered: the candidate saw nothing more
+    finally:
+        injector.stop()
 
 
 def test_promote_then_roll_back_by_hand_reaches_the_vision_worker(stack: Stack, auth: dict[str, str], admin: httpx.Client) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,9 @@ def test_analysis_runs_off_the_event_loop(guard: PiiGuard, monkeypatch: pytest.M
     threads: list[str] = []
     original = guard.redact_text
 
-    def spy(text: str) -> tuple[str, frozenset[str]]:
+    def spy(text: str, keep: Collection[str] = ()) -> tuple[str, frozenset[str]]:
         threads.append(threading.current_thread().name)
-        return original(text)
+        return original(text, keep)
 
     monkeypatch.setattr(guard, "redact_text", spy)
 
@@ -200,6 +200,14 @@ def test_the_llm_workers_row_gets_a_redacted_result_and_the_answer_sealed_for_it
     assert JobView.of(job, keys, Principal("k", "ops", {"admin"})).result == row.result
     failed = JobOutcome(job_id=outcome.job_id, status=JobStatus.failed, error=JobError(type="EngineError", message="could not answer ada.lovelace.4711@example.org"))
     assert asyncio.run(books.stored_outcome(failed)) == (failed.model_copy(update={"error": JobError(type="EngineError", message="could not answer <EMAIL_ADDRESS>")}), None)
+    # The catalog's model names are no one's data: kept in stored error messages (the NER model
+    # alone reads this one as a place).
+    named = JobOutcome(job_id=outcome.job_id, status=JobStatus.failed,
+                       error=JobError(type="EngineUnavailable", message="every endpoint of smollm2-135m-instruct failed; tell ada.lovelace.4711@example.org"))
+    assert "smollm2-135m-instruct" not in guard.redact_text(named.error.message)[0]  # type: ignore[union-attr]
+    books_with_names = JobBookkeeping(store, bus, keys=keys, pii=guard, model_names=lambda: ["smollm2-135m-instruct"])  # type: ignore[arg-type]
+    stored, _ = asyncio.run(books_with_names.stored_outcome(named))
+    assert stored.error is not None and stored.error.message == "every endpoint of smollm2-135m-instruct failed; tell <EMAIL_ADDRESS>"
     # An answer without personal data is stored as it is, with nothing sealed.
     clean = JobOutcome(job_id=outcome.job_id, status=JobStatus.succeeded, result={"text": "Four.", "choices": [{"index": 0, "text": "Four."}]})
     assert asyncio.run(books.stored_outcome(clean)) == (clean, None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -30,6 +29,7 @@ from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, firs
 from switchyard.common.engines.oom import EngineOutOfMemory
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.request_log import CURRENT_REQUEST_ID
+from switchyard.common.retry_jitter import backoff_at_least
 from switchyard.common.temporal import heartbeating
 from switchyard.worker_llm.publisher import TokenPublisher, resume_point
 
@@ -168,7 +168,7 @@ class LlmActivities:
         except EngineError as e:
             raise ApplicationError(str(e), type=e.kind, non_retryable=not e.retryable) from e
         except NoEndpointAnswered as e:
-            # Every circuit open: wait for the first probe instead of the policy's (shorter) interval.
-            delay = timedelta(seconds=max(e.retry_after_s, 0.1)) if e.retry_after_s is not None else None
+            # Every circuit open: wait for the first probe, and at least the policy's backoff.
+            delay = backoff_at_least(e.retry_after_s) if e.retry_after_s is not None else None
             raise ApplicationError(str(e), type=e.error.kind, next_retry_delay=delay) from e
         return out, usage, f"{endpoint.engine}:{endpoint.url}"

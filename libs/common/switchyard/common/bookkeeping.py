@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Collection
 from typing import Any
 
 from temporalio import activity
@@ -20,11 +21,15 @@ from switchyard.common.shadow.canary import CanaryOutcomes
 
 
 class JobBookkeeping:
-    def __init__(self, store: JobStore, bus: EventBus, keys: KeyRing, pii: PiiGuard | None = None) -> None:
+    def __init__(self, store: JobStore, bus: EventBus, keys: KeyRing, pii: PiiGuard | None = None,
+                 model_names: Callable[[], Collection[str]] = tuple) -> None:
         self.store = store
         self.bus = bus
-        # Redacts the texts of results before they are stored (LLM worker; vision results are labels).
+        # Redacts the texts of results before they are stored (LLM worker; vision results are labels);
+        # the catalog's model names are kept in error messages (no one's data; the NER model reads
+        # some as places).
         self.pii = pii
+        self.model_names = model_names
         # Opens the sealed input of a job too large for Temporal (claim check).
         self.keys = keys
         # Quota counters the job's end settles (Redis, as the API's): its token reservation and its
@@ -67,7 +72,7 @@ class JobBookkeeping:
             return outcome, None
         error = outcome.error
         if error is not None:
-            error = error.model_copy(update={"message": (await self.pii.redact_texts([error.message]))[0][0]})
+            error = error.model_copy(update={"message": (await self.pii.redact_texts([error.message], keep=self.model_names()))[0][0]})
         redacted = await self.pii.redact_llm_result(outcome.result)
         sealed = None if redacted == outcome.result else self.keys.seal(outcome.result, sealed_result_context(outcome.job_id))
         return outcome.model_copy(update={"result": redacted, "error": error}), sealed

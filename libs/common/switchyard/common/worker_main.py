@@ -36,6 +36,7 @@ from switchyard.common.imds import ImdsPoller
 from switchyard.common.logs import setup_logging
 from switchyard.common.payload_codec import KeyRing, keys_or_exit
 from switchyard.common.pii import PiiGuard
+from switchyard.common.retry_jitter import JitteredRetries
 from switchyard.common.temporal import WORKER_OPTIONS, connect
 from switchyard.common.worker_settings import DomainWorkerSettings
 
@@ -75,9 +76,10 @@ async def serve(settings: DomainWorkerSettings, catalog: CatalogHolder, keys: Ke
     client = await connect(settings, keys, metrics_host=settings.metrics_host, metrics_port=settings.temporal_metrics_port)
     db = make_engine(settings.postgres_dsn)
     redis = make_redis(settings.redis_url)
-    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys, pii=pii)
+    books = JobBookkeeping(JobStore(db), EventBus(redis, ttl_s=settings.event_ttl_s, maxlen=settings.event_stream_maxlen), keys, pii=pii,
+                           model_names=lambda: catalog.current.names)
     worker = Worker(client, task_queue=settings.task_queue, workflows=list(workflows), activities=[*activities(books), books.finish],
-                    max_concurrent_activities=settings.max_concurrent_activities, **WORKER_OPTIONS)
+                    max_concurrent_activities=settings.max_concurrent_activities, interceptors=[JitteredRetries()], **WORKER_OPTIONS)
     # Promotions and rollbacks (docs/shadow.md): applied before the first task, then followed.
     follower = ChangeFollower(ChangeStore(db), catalog)
     await follower.sync_or_log()

@@ -111,6 +111,7 @@ class JobAttempt:
                     done.extend(await step(start, end))
                 except _ChunkOutOfMemory as e:
                     if end - start == 1:
+                        activity.heartbeat(*checkpoint)  # the next attempt resumes at this chunk size
                         raise ApplicationError(f"item {start}: {e.oom.message}", type=OOM_ERROR_TYPE) from None
                     size = self.chunk_size = checkpoint[1] = max(1, (end - start) // 2)
                     activity.logger.warning("out of memory for a chunk of %d: chunks of %d from now on", end - start, size)
