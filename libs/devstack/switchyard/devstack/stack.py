@@ -314,6 +314,10 @@ class Stack:
             "SWITCHYARD_POSTGRES_DSN": self.cfg.postgres_dsn,
             "SWITCHYARD_REDIS_URL": self.cfg.redis_url,
             "SWITCHYARD_MAX_BODY_BYTES": str(self.cfg.max_body_bytes),
+            # glibc keeps freed memory in per-thread arenas (up to 8 per core): the workers' executor
+            # and native (Temporal, DALI) threads made their RSS creep under steady load with nothing
+            # live growing (the soak, README). Two arenas, as the images set too.
+            "MALLOC_ARENA_MAX": "2",
             **self.payload_env,
             **self.catalog_env(),
             **self._trace_env(),
