@@ -13,7 +13,6 @@ import http.server
 import json
 import math
 import re
-import socketserver
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ import yaml
 from conftest import BREAKER_FAIL_MAX as API_BREAKER_FAIL_MAX  # pants: no-infer-dep
 from conftest import BREAKER_RESET_S as API_BREAKER_RESET_S  # pants: no-infer-dep
 from conftest import eventually  # pants: no-infer-dep
+from http_injector import HttpInjector  # pants: no-infer-dep (a test util beside this file)
 
 from switchyard.devstack.client import JobClient, llm_job
 from switchyard.devstack.stack import CATALOG_READERS, LLM_MODEL, Stack
@@ -41,7 +41,7 @@ GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class EngineFaultInjector:
+class EngineFaultInjector(HttpInjector):
     """A fault injector (a test stand-in): answers generation requests with llama.cpp's own errors
     while ``fault`` is set and ``faults_left`` > 0, else proxies to the real llama.cpp server.
 
@@ -51,28 +51,12 @@ class EngineFaultInjector:
     """
 
     def __init__(self, target_port: int) -> None:
+        super().__init__("engine-fault-injector", protocol_version="HTTP/1.0")  # one request per connection; the body ends with it
         self.target = f"http://127.0.0.1:{target_port}"
         self.fault: str | None = None
         self.faults_left = 0
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        injector = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # one request per connection; the body ends with it
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                injector._handle(self)
-
-            def do_POST(self) -> None:
-                injector._handle(self)
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
         self._upstream = httpx.Client(timeout=120)
 
     @property
@@ -80,12 +64,11 @@ class EngineFaultInjector:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> EngineFaultInjector:
-        threading.Thread(target=self._server.serve_forever, name="engine-fault-injector", daemon=True).start()
+        super().start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self._upstream.close()
 
     def inject(self, fault: str | None, times: int = 1_000_000) -> None:
@@ -102,7 +85,7 @@ class EngineFaultInjector:
                 return self.fault
             return None
 
-    def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
+    def handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("content-length") or 0))
         generation = req.command == "POST" and req.path in GENERATION_PATHS
         fault = self._take_fault(generation)
@@ -112,10 +95,10 @@ class EngineFaultInjector:
             req.close_connection = True  # nothing written: the client sees the connection drop
             return
         if fault == "oom":
-            self._answer(req, 200, "text/event-stream", f"data: {json.dumps({'error': LLAMACPP_OOM})}\n\n".encode())
+            self.answer(req, 200, {"Content-Type": "text/event-stream"}, f"data: {json.dumps({'error': LLAMACPP_OOM})}\n\n".encode())
             return
         if fault == "too_long":
-            self._answer(req, 400, "application/json; charset=utf-8", json.dumps({"error": LLAMACPP_TOO_LONG}).encode())
+            self.answer(req, 400, {"Content-Type": "application/json; charset=utf-8"}, json.dumps({"error": LLAMACPP_TOO_LONG}).encode())
             return
         # One upstream connection per request: llama.cpp's HTTP threads are few, and an idle kept-alive
         # connection holds one until its 5 s keep-alive runs out (a new one waits that long for a thread).
@@ -129,13 +112,6 @@ class EngineFaultInjector:
             for chunk in r.iter_raw():
                 req.wfile.write(chunk)
                 req.wfile.flush()
-
-    @staticmethod
-    def _answer(req: http.server.BaseHTTPRequestHandler, status: int, content_type: str, payload: bytes) -> None:
-        req.send_response(status)
-        req.send_header("Content-Type", content_type)
-        req.end_headers()
-        req.wfile.write(payload)
 
 
 OOM_SWITCH, OOM_ONCE, TOO_LONG, BROKEN, BROKEN_ONLY = "oom-switch", "oom-once", "oom-too-long", "breaker-fallback", "breaker-only"

@@ -23,9 +23,9 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
+from http_injector import HttpInjector  # pants: no-infer-dep (a test util beside this file)
 
 from switchyard.devstack.stack import Stack
 
@@ -41,43 +41,26 @@ INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class TritonFaultInjector:
+class TritonFaultInjector(HttpInjector):
     def __init__(self, triton_port: int) -> None:
+        super().__init__("triton-fault-injector")  # HTTP/1.1 keep-alive, as Triton: the worker's lean client pools connections
         self.target = f"http://127.0.0.1:{triton_port}"
         self.oom_above: dict[str, int] = {}
         self.failing: set[str] = set()
         self.counts: Counter[tuple[str, int, str]] = Counter()
         self._lock = threading.Lock()
         self._upstream = httpx.Client(timeout=60)
-        injector = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as Triton: the worker's lean client pools connections
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                injector._handle(self)
-
-            def do_POST(self) -> None:
-                injector._handle(self)
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> TritonFaultInjector:
-        threading.Thread(target=self._server.serve_forever, name="triton-fault-injector", daemon=True).start()
+        super().start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self._upstream.close()
 
     def clear(self) -> None:
@@ -93,7 +76,7 @@ class TritonFaultInjector:
             limit = self.oom_above.get(model)
             return "oom" if limit is not None and batch > limit else None
 
-    def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
+    def handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("content-length") or 0))
         if req.command == "POST" and (m := INFER_PATH.match(req.path)):
             model = m.group(1)
@@ -104,20 +87,11 @@ class TritonFaultInjector:
                 self.counts[(model, batch, fault or "passed")] += 1
             if fault is not None:
                 error = TRITON_ORT_OOM if fault == "oom" else TRITON_ORT_FAILURE
-                self._answer(req, 500, {"Content-Type": "application/json"}, json.dumps({"error": error}).encode())
+                self.answer(req, 500, {"Content-Type": "application/json"}, json.dumps({"error": error}).encode())
                 return
         headers = {k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length", "connection")}
         r = self._upstream.request(req.command, self.target + req.path, content=body, headers=headers)
-        self._answer(req, r.status_code, {k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP}, r.content)
-
-    @staticmethod
-    def _answer(req: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str], payload: bytes) -> None:
-        req.send_response(status)
-        for k, v in headers.items():
-            req.send_header(k, v)
-        req.send_header("Content-Length", str(len(payload)))
-        req.end_headers()
-        req.wfile.write(payload)
+        self.answer(req, r.status_code, {k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP}, r.content)
 
 
 @contextlib.contextmanager
