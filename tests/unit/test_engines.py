@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from switchyard.common.engines.base import EngineError, parse_prometheus
 from switchyard.common.engines.sglang import sglang_priority
-from switchyard.worker_llm.activities import job_seed
+from switchyard.common.llm_generation import job_seed
 
 PAGE = """# HELP vllm:num_requests_waiting waiting
 vllm:num_requests_waiting{engine="0",model_name="m"} 3.0

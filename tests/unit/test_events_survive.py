@@ -22,7 +22,7 @@ import pytest
 
 from switchyard.common.contracts import JobEvent, JobStatus
 from switchyard.common.events import EventBus, JobEnd, make_redis, stream_key
-from switchyard.worker_llm.publisher import TokenPublisher, resume_point
+from switchyard.common.token_publisher import TokenPublisher, resume_point
 
 TEXT = [f"t{i} " for i in range(12)]
 

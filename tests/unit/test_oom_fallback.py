@@ -14,7 +14,7 @@ from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, breaker_key, first_endpoint_that_works
 from switchyard.common.engines.oom import EngineOutOfMemory
 from switchyard.common.model_registry import Endpoint
-from switchyard.worker_llm.activities import OomState
+from switchyard.common.llm_generation import OomState
 
 pytestmark = pytest.mark.asyncio
 

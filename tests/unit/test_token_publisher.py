@@ -7,7 +7,7 @@ import os
 import uuid
 
 from switchyard.common.events import EventBus, make_redis
-from switchyard.worker_llm.publisher import TokenPublisher
+from switchyard.common.token_publisher import TokenPublisher
 
 REDIS_URL = os.environ.get("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379/0")
 

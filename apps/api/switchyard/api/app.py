@@ -21,6 +21,8 @@ from switchyard.api.jobs import routes as jobs_routes
 from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.jobs.retention import Purger
 from switchyard.api.openai import routes as openai_routes
+from switchyard.api.openai.embeddings import engine_breakers
+from switchyard.api.openai.fast_start import FastStarts, engine_client
 from switchyard.api.recsys import routes as recsys_routes
 from switchyard.api.recsys.fast_path import RecommendationsFastPath
 from switchyard.api.request_log import GrpcCalls, RequestLog, RequestWriter, recording_authorize
@@ -31,6 +33,7 @@ from switchyard.api.usage import routes as usage_routes
 from switchyard.api.v2 import routes as v2_routes
 from switchyard.api.v2.gateway import V2Gateway, gateway_of
 from switchyard.common import tracing
+from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
 from switchyard.common.db.store import JobStore, RequestStore, make_engine
@@ -39,6 +42,7 @@ from switchyard.common.keys import KeyStore
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
+from switchyard.common.request_log import send_request_id
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.common.shadow.canary import CanaryOutcomes, RollbackController
 from switchyard.common.shadow.mirror import ShadowMirror
@@ -86,12 +90,17 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         quotas = Quotas(redis)
         gatekeeper.keys, gatekeeper.quotas = keys, quotas
         pii = PiiGuard(settings)  # loads the spaCy model now, not on the first request
+        # Completions started here (docs/llm-speed.md): engines see traceparent and X-Request-Id.
+        hooks = tracing.httpx_event_hooks()
+        llm_http = engine_client(settings.llm_engine_timeout_s, {**hooks, "request": [*hooks.get("request", []), send_request_id]})
+        books = JobBookkeeping(store, bus, payload_keys, pii=pii, model_names=lambda: catalog.current.names)
+        fast_starts = FastStarts(settings, books, llm_http, engine_breakers(settings.breaker_fail_max, settings.breaker_reset_s), backlog)
         grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes, authorize_v2,
                                                     GrpcCalls(writer, grpc_frontend.OPEN_METHODS))
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,
                                         dispatcher=dispatcher, purger=purger, payload_keys=payload_keys, http=http, v2=v2, keys=keys,
                                         quotas=quotas, backlog=backlog, pii=pii,
-                                        started_at=int(time.time()), changes=follower)
+                                        started_at=int(time.time()), changes=follower, fast_starts=fast_starts)
         yield
         await grpc_server.stop(grace=2)
         for task in canary_tasks:
@@ -103,8 +112,10 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         await shadow.close()
         await v2.close()
         await purger.close()
+        await fast_starts.close()  # before the dispatcher: workers take the runs over at once
         await dispatcher.close()
         await http.aclose()
+        await llm_http.aclose()
         await redis.aclose()
         await db.dispose()
         pii.close()

@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.jobs.retention import Purger
+from switchyard.api.openai.fast_start import FastStarts
 from switchyard.api.settings import ApiSettings
 from switchyard.api.v2.gateway import V2Gateway
 from switchyard.common.catalog import CatalogHolder
@@ -52,6 +53,8 @@ class Resources:
     # PII redaction (switchyard.common.pii), built at start-up with the model loaded.
     pii: PiiGuard
     started_at: int
+    # Completions this process runs itself (fast start, switchyard.api.openai.fast_start).
+    fast_starts: FastStarts
     # Promotions and rollbacks applied on top of the catalog files (switchyard.api.shadow.changes).
     changes: ChangeFollower | None = None
 

@@ -25,6 +25,15 @@ class ApiSettings(CommonSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Keep-alive comment interval on SSE and ping interval on WebSocket.
     stream_keepalive_s: float = Field(default=15.0, gt=0)
+    # Fast start (docs/llm-speed.md): a completion accepted while its model has at most this many
+    # unfinished jobs (itself included) is started by the API at once, its workflow adopting the run;
+    # 0 = off. Match the model's engine slots (the LLM worker's max_concurrent_activities).
+    llm_fast_start_max_backlog: int = Field(default=4, ge=0)
+    # Runs at once per API process, and their engine read timeout (as the LLM worker's).
+    llm_fast_start_max_runs: int = Field(default=64, ge=1)
+    llm_engine_timeout_s: float = Field(default=600.0, gt=0)
+    # Out-of-memory answers of one endpoint before a job moves on (as the LLM worker's, same variable).
+    llm_oom_switch_after: int = Field(default=2, ge=1)
     # Beyond this many unfinished jobs for one model, new work gets 429 + Retry-After.
     max_pending_per_model: int = Field(default=512, ge=1)
     # Server secret API keys are hashed with (HMAC-SHA256; switchyard.common.keys). Required to

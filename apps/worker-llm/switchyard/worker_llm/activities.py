@@ -1,64 +1,44 @@
-"""The LLM generation activity: stream tokens from the model's engines into the job's events.
+"""The LLM generation activity: stream tokens from the model's engines into the job's events
+(switchyard.common.llm_generation), or adopt the run the API started itself (fast start).
 
 Out of memory: an engine that answers OOM ends the attempt with a retryable ``EngineOutOfMemory``
 (Temporal retries it with the LLM policy's exponential backoff); the OOMs per endpoint are kept
 in the heartbeat details, so the next attempt knows them, and an endpoint that ran out of memory
 ``oom_switch_after`` times is passed over for the model's next one. Every endpoint sits behind its
 circuit breaker: when all are open, the attempt fails with a retry delay of the time to the next probe.
+
+Fast start (switchyard.common.fast_start): when the API already runs the job's first attempt, the
+activity waits for the API's end record and returns its generation (or raises its error), while
+heartbeating; when the API's lease lapses, it takes over, resuming from the job's events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from typing import Any
+import uuid
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from switchyard.common import metrics, tracing
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.breaker import BreakerBoard
 from switchyard.common.catalog import CatalogHolder
-from switchyard.common.contracts import JobSpec, LlmChoice, LlmGeneration, LlmInput, Timings, Usage
+from switchyard.common.contracts import JobSpec, JobStatus, LlmGeneration, LlmInput
 from switchyard.common.engines.base import EngineError
-from switchyard.common.engines.factory import engine_for
-from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, first_endpoint_that_works
-from switchyard.common.engines.oom import EngineOutOfMemory
+from switchyard.common.engines.fallback import NoEndpointAnswered
+from switchyard.common.fast_start import FastStartKeys, RunEnd
+from switchyard.common.llm_generation import Generation, OomState
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.request_log import CURRENT_REQUEST_ID
 from switchyard.common.retry_jitter import backoff_at_least
 from switchyard.common.temporal import heartbeating
-from switchyard.worker_llm.publisher import TokenPublisher, resume_point
+from switchyard.common.token_publisher import TokenPublisher, resume_point
 
-
-def job_seed(job_id: str, given: int | None, choice: int) -> int:
-    """Every choice of a job has a fixed seed, so a retry reproduces what was streamed."""
-    base = given if given is not None else int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") >> 1
-    return (base + choice) % 2**31
-
-
-class OomState:
-    """Out-of-memory answers per endpoint position of this job's model, across its attempts (the
-    activity's heartbeat details carry ``as_details()``; a retried attempt reads them back)."""
-
-    def __init__(self, details: Any) -> None:
-        ooms = details.get("ooms") if isinstance(details, dict) else None
-        self.ooms: dict[str, int] = {str(k): int(v) for k, v in ooms.items()} if isinstance(ooms, dict) else {}
-
-    def count(self, position: int) -> int:
-        self.ooms[str(position)] = self.ooms.get(str(position), 0) + 1
-        return self.ooms[str(position)]
-
-    def passed_over(self, n_endpoints: int, switch_after: int) -> set[int]:
-        """Endpoints with ``switch_after`` OOMs or more, unless that is every one (then all are tried again)."""
-        over = {p for p in range(n_endpoints) if self.ooms.get(str(p), 0) >= switch_after}
-        return over if len(over) < n_endpoints else set()
-
-    def as_details(self) -> dict[str, Any]:
-        return {"ooms": dict(self.ooms)}
+# After the API's run stopped for a cancel, how long the activity waits for its own cancellation
+# before running the job itself (a cancel that never reached the workflow must not lose the job).
+OWN_CANCEL_WAIT_S = 30.0
 
 
 class LlmActivities:
@@ -69,6 +49,7 @@ class LlmActivities:
         self.http = http
         self.breakers = breakers if breakers is not None else BreakerBoard(exclude=[asyncio.CancelledError])
         self.oom_switch_after = oom_switch_after
+        self.fast = FastStartKeys(books.bus.redis, books.bus.ttl_s)
 
     def model(self, spec: JobSpec) -> ModelEntry | None:
         """The model as accepted (the job's catalog snapshot), else as the catalog declares it now."""
@@ -82,93 +63,91 @@ class LlmActivities:
         entry = self.model(spec)
         if entry is None or entry.domain != "llm" or entry.kind != "chat":
             raise ApplicationError(f"model {spec.model!r} is not served by this worker", type="UnknownModel", non_retryable=True)
+        previous = activity.info().heartbeat_details
+        ooms = OomState(previous[0] if previous else None)
+        checkpoint: list[object] = [ooms.as_details()]  # heartbeat details; replaced when an OOM is counted
+        async with heartbeating(checkpoint):
+            adopted, offset = await self._adopt(spec, ooms, checkpoint)
+        if adopted is not None:
+            return adopted
+        return await self._run(spec, entry, started, ooms, checkpoint, activity.info().attempt + offset)
+
+    async def _adopt(self, spec: JobSpec, ooms: OomState, checkpoint: list[object]) -> tuple[LlmGeneration | None, int]:
+        """The API's run's generation once it ended, or (None, attempt offset) when this attempt runs the job."""
+        job_id, own_cancel_deadline = spec.job_id, None
+        while True:
+            kind, end = await self.fast.adopt(job_id)
+            if kind == "none":
+                return None, 0
+            if kind == "taken":
+                activity.logger.info("taking over the API's run of the job", extra={"job_id": job_id})
+                return None, 1
+            if kind == "running":
+                try:
+                    end = await self.fast.wait_end(job_id, 1.0)
+                except asyncio.CancelledError:
+                    await self._stop_api_run(job_id)
+                    raise
+            if end is not None:
+                generation = await self._ended(spec, end, ooms, checkpoint)
+                if generation is not None:
+                    return generation, 1
+                kind = "cancelling"
+            if kind == "cancelling":  # the API stopped for a cancel: this activity's own comes next
+                own_cancel_deadline = own_cancel_deadline or time.monotonic() + OWN_CANCEL_WAIT_S
+                if time.monotonic() > own_cancel_deadline:
+                    activity.logger.warning("the API stopped the job for a cancel that never came; running it", extra={"job_id": job_id})
+                    return None, 1
+                await asyncio.sleep(0.5)
+
+    async def _ended(self, spec: JobSpec, end: RunEnd, ooms: OomState, checkpoint: list[object]) -> LlmGeneration | None:
+        """The API's end record: its generation, its error raised as this attempt's, or None (cancelled)."""
+        if end.outcome == "succeeded" and end.generation is not None:
+            return end.generation
+        if end.outcome == "cancelled":
+            job = await self.books.store.get(uuid.UUID(spec.job_id))
+            if job is None or JobStatus(job.status).terminal:  # cancelled before its workflow ran
+                raise ApplicationError(f"job {spec.job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
+            return None
+        err = end.error
+        assert err is not None
+        if end.ooms:
+            ooms.ooms.update(OomState(end.ooms).ooms)
+            checkpoint[0] = ooms.as_details()
+            activity.heartbeat(*checkpoint)  # the retry reads it
+        delay = backoff_at_least(err.retry_after_s) if err.retry_after_s is not None else None
+        raise ApplicationError(err.message, type=err.type, non_retryable=not err.retryable, next_retry_delay=delay)
+
+    async def _stop_api_run(self, job_id: str) -> None:
+        """This activity was cancelled while the API runs the job: ask the API to stop, and wait
+        (a little) until it did, so the engine is stopped when the cancel is recorded."""
+        await self.fast.request_cancel(job_id)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and await self.fast.running_here(job_id):
+            await asyncio.sleep(0.1)
+
+    async def _run(self, spec: JobSpec, entry: ModelEntry, started: float, ooms: OomState, checkpoint: list[object], attempt: int) -> LlmGeneration:
+        """This attempt's generation (``attempt``: Temporal's, one higher after the API's run)."""
         inp = LlmInput.model_validate(await self.books.job_input(spec))
-        running_id = await self.books.start_attempt(spec, started)
-        attempt = activity.info().attempt
+        running_id = await self.books.start_attempt(spec, started, attempt)
         already, whole = resume_point(await self.books.bus.read_all(spec.job_id), attempt) if attempt > 1 else ({}, True)
         publisher = TokenPublisher(self.books.bus, spec.job_id, attempt, already, last_id=running_id)
         if not whole:
             await publisher.stream_lost()  # clients may hold tokens the stream lost: they drop them first
-        first_token: list[float] = []
-        previous = activity.info().heartbeat_details
-        ooms = OomState(previous[0] if previous else None)
-        checkpoint: list[object] = [ooms.as_details()]  # heartbeat details; replaced when an OOM is counted
         CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id; __main__'s httpx hook)
-        # (start, end) of each engine stream: Timings.engine_ms, the platform's overhead being the rest.
-        engine_spans: list[tuple[float, float]] = []
-        generated: list[Usage] = []  # what the engines processed, also for a stream cut off midway
+
+        def on_oom() -> None:
+            checkpoint[0] = ooms.as_details()
+            activity.heartbeat(*checkpoint)
+
+        generation = Generation(entry, inp, spec, publisher, http=self.http, breakers=self.breakers, ooms=ooms,
+                                oom_switch_after=self.oom_switch_after, on_oom=on_oom, logger=activity.logger)
         try:
             async with heartbeating(checkpoint):
-                results = await asyncio.gather(*(self._choice(entry, inp, spec, c, publisher, first_token, generated, engine_spans, ooms, checkpoint)
-                                                 for c in range(inp.n)))
-        finally:
-            metrics.count_tokens(entry.name, max((u.prompt_tokens for u in generated), default=0), sum(u.completion_tokens for u in generated))
-        await publisher.finish()
-        usage = Usage(prompt_tokens=max(u.prompt_tokens for _, u, _ in results), completion_tokens=sum(u.completion_tokens for _, u, _ in results))
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return LlmGeneration(
-            choices=[c for c, _, _ in results],
-            usage=usage,
-            timings=Timings(queue_ms=max(0.0, started * 1000 - spec.accepted_at_ms), ttft_ms=(first_token[0] - started) * 1000 if first_token else None,
-                            total_ms=(time.time() - started) * 1000,
-                            engine_ms=(max(e for _, e in engine_spans) - min(s for s, _ in engine_spans)) * 1000 if engine_spans else None),
-            endpoint=results[0][2],
-        )
-
-    async def _choice(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, choice: int, publisher: TokenPublisher, first_token: list[float],
-                      generated: list[Usage], engine_spans: list[tuple[float, float]], ooms: OomState,
-                      checkpoint: list[object]) -> tuple[LlmChoice, Usage, str]:
-        """One choice, on the first endpoint that works; fall back only before any output."""
-
-        async def generate_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
-            engine = engine_for(attempt.endpoint, self.http)
-            text: list[str] = []
-            finish_reason: str | None = None
-            usage = Usage()
-            engine_started = time.time()
-            try:
-                async for chunk in engine.stream(inp, seed=job_seed(spec.job_id, inp.seed, choice), priority=spec.priority_key):
-                    if chunk.usage:
-                        usage = chunk.usage
-                    finish_reason = chunk.finish_reason or finish_reason
-                    if chunk.text:
-                        if not first_token:
-                            first_token.append(time.time())
-                        text.append(chunk.text)
-                        attempt.produced_output = True
-                        await publisher.token(choice, chunk.text, chunk.logprobs)
-            finally:  # counted however the stream ended (a chunk is a token when the engine does not say)
-                engine_spans.append((engine_started, time.time()))
-                generated.append(Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens or len(text)))
-            if not usage.completion_tokens:
-                usage.completion_tokens = len(text)
-            return LlmChoice(index=choice, text="".join(text), finish_reason=finish_reason), usage
-
-        async def traced_on(attempt: Attempt) -> tuple[LlmChoice, Usage]:
-            """One endpoint attempt in a CLIENT span (traces on); the engine's request carries its traceparent."""
-            e = attempt.endpoint
-            with tracing.client_span(f"chat {entry.name}", e.url, {"gen_ai.operation.name": "chat", "gen_ai.request.model": entry.name,
-                                                                   "switchyard.engine": e.engine, "switchyard.engine_model": e.engine_model}) as span:
-                try:
-                    out, usage = await generate_on(attempt)
-                except EngineOutOfMemory:
-                    n = ooms.count(entry.endpoints.index(e))
-                    checkpoint[0] = ooms.as_details()
-                    activity.heartbeat(*checkpoint)  # recorded before the attempt fails: the retry reads it
-                    activity.logger.warning("engine out of memory", extra={"endpoint": e.url, "ooms": n, "switch_after": self.oom_switch_after})
-                    raise
-                if span is not None:
-                    span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens})
-                return out, usage
-
-        try:
-            (out, usage), endpoint = await first_endpoint_that_works(
-                entry.name, entry.endpoints, traced_on, logger=activity.logger, count_running=True, breakers=self.breakers,
-                skip=ooms.passed_over(len(entry.endpoints), self.oom_switch_after), oom_ends_attempt=True)
+                return await generation.run(started)
         except EngineError as e:
             raise ApplicationError(str(e), type=e.kind, non_retryable=not e.retryable) from e
         except NoEndpointAnswered as e:
             # Every circuit open: wait for the first probe, and at least the policy's backoff.
             delay = backoff_at_least(e.retry_after_s) if e.retry_after_s is not None else None
             raise ApplicationError(str(e), type=e.error.kind, next_retry_delay=delay) from e
-        return out, usage, f"{endpoint.engine}:{endpoint.url}"

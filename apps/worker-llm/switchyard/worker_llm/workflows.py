@@ -13,19 +13,9 @@ with workflow.unsafe.imports_passed_through():
 
     from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus, LlmGeneration
     from switchyard.common.jobflow import run_job
+    from switchyard.common.llm_generation import succeeded_outcome
     from switchyard.common.retry import LLM_RETRY_POLICY
     from switchyard.common.shadow.spec import ShadowOffer, ShadowSpec
-
-
-def _succeeded(spec: JobSpec, gen: LlmGeneration) -> JobOutcome:
-    return JobOutcome(
-        job_id=spec.job_id,
-        status=JobStatus.succeeded,
-        result={"text": gen.choices[0].text, "finish_reason": gen.choices[0].finish_reason,
-                "choices": [c.model_dump() for c in gen.choices], "endpoint": gen.endpoint},
-        usage=gen.usage,
-        timings=gen.timings,
-    )
 
 
 def _shadow(spec: JobSpec) -> ShadowSpec | None:
@@ -38,7 +28,7 @@ def _shadow(spec: JobSpec) -> ShadowSpec | None:
 class LlmJobWorkflow:
     @workflow.run
     async def run(self, spec: JobSpec) -> JobOutcome:
-        outcome = await run_job(spec, "llm.generate", LlmGeneration, lambda gen: _succeeded(spec, gen),
+        outcome = await run_job(spec, "llm.generate", LlmGeneration, lambda gen: succeeded_outcome(spec, gen),
                                 retry_policy=LLM_RETRY_POLICY, timeout=timedelta(minutes=15))
         shadow = _shadow(spec)
         # After job.finish: the client has its answer. Sampled with the workflow's deterministic random.

@@ -48,15 +48,16 @@ class JobBookkeeping:
             raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
         return engine_input(job, self.keys)
 
-    async def start_attempt(self, spec: JobSpec, started_s: float) -> str:
+    async def start_attempt(self, spec: JobSpec, started_s: float, attempt: int | None = None) -> str:
         """Record that an attempt started (status running, attempt number) and tell the clients; the
         first attempt's start (``started_s``, the activity's) ends the job's queue time. The id of the
         ``running`` event: the attempt's first event (its publishers append after it).
 
         A job that already ended (cancelled before its workflow ran) must not run at all.
+        ``attempt``: the activity's own number unless given (one higher after the API's fast start).
         """
         job_id = spec.job_id
-        attempt = activity.info().attempt
+        attempt = attempt if attempt is not None else activity.info().attempt
         if not await self.store.mark_running(job_id, attempt):
             raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
         if attempt == 1:

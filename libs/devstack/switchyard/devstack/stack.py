@@ -455,6 +455,8 @@ class Stack:
         self.procs["worker-shadow"] = shadow
         api_env = {"SWITCHYARD_API_PORT": str(c.api_port), "SWITCHYARD_GRPC_PORT": str(c.api_grpc_port), "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
                    "SWITCHYARD_KEY_PEPPER": self.pepper, "SWITCHYARD_API_WORKERS": str(c.api_workers),
+                   # Fast start while the model's backlog fits the LLM worker's slots (docs/llm-speed.md).
+                   "SWITCHYARD_LLM_FAST_START_MAX_BACKLOG": str(c.worker_concurrency),
                    **self._metrics_env(c.api_metrics_port, c.api_temporal_metrics_port)}
         self.procs["api"] = Proc("api", [py, "-m", "switchyard.api"], {**env, **api_env, **c.api_env},
                                  self._log("api"), http_ready(f"http://127.0.0.1:{c.api_port}/healthz"))

@@ -82,13 +82,15 @@ async def admit(res: Resources, model: str, job_id: uuid.UUID) -> None:
 
 async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, input: dict[str, Any], priority: int, metadata: dict[str, str],
                      idempotency_key: str | None = None, stored_input: dict[str, Any] | None = None,
-                     job_id: uuid.UUID | None = None, request_family: str = "jobs", model_spec: dict[str, Any] | None = None) -> tuple[Job, bool]:
+                     job_id: uuid.UUID | None = None, request_family: str = "jobs", model_spec: dict[str, Any] | None = None,
+                     dispatch: bool = True) -> tuple[Job, bool]:
     """Commit the job row (the caller's tenant's) and hand it to the outbox; returns (job, created).
     ``input`` is what the engine gets; ``stored_input`` (PII redacted) is what the row keeps readable
     (default: ``input``). An idempotency key is the tenant's own: another tenant's same key is another job.
     The request's record (switchyard.api.request_log) gets the job; the row, the request's id and
     family (``jobs`` or ``openai``), which the worker carries to the engine. ``model_spec``: the
-    catalog snapshot the job runs on, when not the model's own (a canary's candidate)."""
+    catalog snapshot the job runs on, when not the model's own (a canary's candidate). ``dispatch``:
+    False when the caller dispatches the new job itself (after a fast start, openai.admission)."""
     rec = request_log.current()
     body = {"domain": domain, "model": model, "input": input, "priority": priority, "metadata": metadata}
     # Keyed (the server's pepper): a plain hash of the raw input would let a guess of it be confirmed.
@@ -103,7 +105,7 @@ async def accept_job(res: Resources, *, tenant: str, domain: str, model: str, in
          "input_sealed": None if stored_input is None or stored_input == input else res.payload_keys.seal(input, sealed_input_context(row_id))}
     )
     rec.job_id, rec.owns_job, rec.priority = str(row.id), created, row.priority
-    if created:
+    if created and dispatch:
         res.dispatcher.dispatch_soon(row)
     elif row.request_hash != request_hash:
         raise ApiError(422, "idempotency_key_reused", "Idempotency-Key was already used with a different request", param="Idempotency-Key")
@@ -117,6 +119,9 @@ async def cancel_job(res: Resources, job: Job) -> bool:
     """
     if JobStatus(job.status).terminal:
         return False
+    if job.domain == "llm":  # a run the API started (fast start): stopped here at once, elsewhere at its next renewal
+        await res.fast_starts.keys.request_cancel(str(job.id))
+        res.fast_starts.cancel(str(job.id))
     if await res.store.cancel_undispatched(job.id):
         # Accepted but its workflow never started (orchestrator slow or down): end it here. If the
         # outbox starts the workflow anyway, the activity finds the job ended and does nothing.

@@ -3,6 +3,7 @@ on (context length, capabilities), the model's backlog and the job's priority; t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import httpx
@@ -93,9 +94,15 @@ async def start_completion(res: Resources, caller: Principal, entry: ModelEntry,
     if canary is not None:
         request_log.current().params["served_by"] = canary["canary"]["candidate"]
     try:
-        row, _ = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=screened.engine, stored_input=screened.stored,
-                                  priority=prio, metadata=metadata, job_id=admission.job_id, request_family="openai", model_spec=canary)
+        row, created = await accept_job(res, tenant=caller.tenant, domain="llm", model=entry.name, input=screened.engine, stored_input=screened.stored,
+                                        priority=prio, metadata=metadata, job_id=admission.job_id, request_family="openai", model_spec=canary,
+                                        dispatch=False)
     except BaseException:
         await admission.undo()
         raise
+    if created:
+        # Started here at once when the model's backlog is short; its workflow, started as always, adopts the run.
+        with contextlib.suppress(Exception):  # Redis away: the workflow runs it
+            await res.fast_starts.begin(row, entry, inp)
+        res.dispatcher.dispatch_soon(row)
     return row

@@ -1,0 +1,151 @@
+"""Fast start of completions: the API runs a completion's first attempt itself, at once, when its
+model's backlog is short (switchyard.common.fast_start; docs/llm-speed.md).
+
+The job is accepted (row committed) and its workflow started as always; only the wait for Temporal
+to hand it to a worker goes. The run publishes into the job's events as an activity would (so the
+OpenAI rendering, SSE and WebSocket clients see no difference), records the job's end as
+``job.finish`` would (the workflow's own finish then finds it done), and leaves its end record for
+the workflow's activity, which adopts it. A run that stops without one (shutdown, a lost lease) is
+taken over by a worker within the lease; a cancel (client gone, DELETE) stops it at once here, or at
+its next renewal from any other process.
+
+Priority: the queue is skipped only while the model has at most ``llm_fast_start_max_backlog``
+unfinished jobs (then there is no queue to order); beyond that every completion queues by priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from switchyard.api.settings import ApiSettings
+from switchyard.common import metrics
+from switchyard.common.bookkeeping import JobBookkeeping
+from switchyard.common.breaker import BreakerBoard
+from switchyard.common.contracts import JobSpec, JobStatus, LlmInput
+from switchyard.common.db.models import Job
+from switchyard.common.engines.base import EngineError
+from switchyard.common.engines.fallback import NoEndpointAnswered
+from switchyard.common.events import EventBus
+from switchyard.common.fast_start import LEASE_RENEW_S, FastStartKeys, RunEnd, RunError
+from switchyard.common.llm_generation import Generation, OomState, succeeded_outcome
+from switchyard.common.model_registry import ModelEntry
+from switchyard.common.quotas import Backlog
+from switchyard.common.request_log import CURRENT_REQUEST_ID
+from switchyard.common.token_publisher import TokenPublisher
+
+log = logging.getLogger("switchyard.api.fast_start")
+
+
+class FastStarts:
+    """This API process's runs (job id → task)."""
+
+    def __init__(self, settings: ApiSettings, books: JobBookkeeping, http: httpx.AsyncClient, breakers: BreakerBoard, backlog: Backlog) -> None:
+        self.settings, self.books, self.http, self.breakers, self.backlog = settings, books, http, breakers, backlog
+        self.bus: EventBus = books.bus
+        self.keys = FastStartKeys(self.bus.redis, self.bus.ttl_s)
+        self.runs: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # runs stopped for the job's cancel (not for a shutdown)
+
+    async def begin(self, job: Job, entry: ModelEntry, inp: LlmInput) -> bool:
+        """Start the job's first attempt here if its model's backlog is short; True if it started
+        (then the job's stream already holds ``queued`` and ``running``)."""
+        s = self.settings
+        if s.llm_fast_start_max_backlog == 0 or len(self.runs) >= s.llm_fast_start_max_runs:
+            return False
+        if await self.backlog.size(entry.name) > s.llm_fast_start_max_backlog:
+            return False  # a queue to order by priority: the job waits its turn in Temporal
+        job_id, token = str(job.id), uuid.uuid4().hex
+        if job.model_spec and "llm" in job.model_spec:  # what the job was accepted for (a canary's: its candidate)
+            entry = ModelEntry.model_validate(job.model_spec["llm"])
+        if not await self.keys.claim(job_id, token):
+            return False
+        spec = JobSpec(job_id=job_id, domain="llm", model=job.model, input=None, priority_key=job.priority,
+                       accepted_at_ms=job.created_at.timestamp() * 1000 if job.created_at else time.time() * 1000,
+                       model_spec=job.model_spec, request_id=job.request_id)
+        try:
+            ids = await self.bus.append(job_id, [("status", {"status": JobStatus.queued.value}),
+                                                 ("status", {"status": JobStatus.running.value, "attempt": 1})])
+        except BaseException:
+            await self.keys.end(job_id, token, None)  # a worker runs it
+            raise
+        assert ids is not None
+        self.runs[job_id] = asyncio.create_task(self._run(spec, entry, inp, token, ids[-1]))
+        return True
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the job's run here at once, for the job's cancel (its workflow records it)."""
+        task = self.runs.get(job_id)
+        if task is not None:
+            self._cancelled.add(job_id)
+            task.cancel()
+
+    async def _run(self, spec: JobSpec, entry: ModelEntry, inp: LlmInput, token: str, running_id: str) -> None:
+        job_id, started = spec.job_id, time.time()
+        CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id)
+        metrics.observe_queue_time("llm", spec, started)
+        marked = asyncio.create_task(self.books.store.mark_running(job_id, 1))
+        ooms = OomState(None)
+        generation = Generation(entry, inp, spec, TokenPublisher(self.bus, job_id, 1, {}, last_id=running_id), http=self.http,
+                                breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after, logger=log)
+        end: RunEnd | None = None
+        lease = asyncio.create_task(self._keep_lease(job_id, token, asyncio.current_task()))
+        try:
+            gen = await generation.run(started)
+            if not await marked:  # the job ended meanwhile (cancelled before it ran): nothing to record
+                end = RunEnd(outcome="cancelled")
+            elif await self.keys.renew(job_id, token) == "held":  # still this run's: no worker took over
+                await self.books.finish(succeeded_outcome(spec, gen))  # the row, the quotas, the end event
+                end = RunEnd(outcome="succeeded", generation=gen)
+        except asyncio.CancelledError:
+            # For the job's cancel: a record (the workflow records the cancel); for a shutdown or a
+            # lost lease: none (a worker takes over now).
+            end = RunEnd(outcome="cancelled") if job_id in self._cancelled else None
+        except EngineError as e:
+            end = RunEnd(outcome="failed", error=RunError(type=e.kind, message=str(e), retryable=e.retryable), ooms=ooms.as_details()["ooms"])
+        except NoEndpointAnswered as e:
+            end = RunEnd(outcome="failed", error=RunError(type=e.error.kind, message=str(e), retryable=True, retry_after_s=e.retry_after_s),
+                         ooms=ooms.as_details()["ooms"])
+        except Exception as e:  # the stream, Redis, the database: the worker's attempt runs it again
+            log.warning("fast start failed; a worker runs the job", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+        finally:
+            lease.cancel()
+            marked.cancel()
+            self.runs.pop(job_id, None)
+            self._cancelled.discard(job_id)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.keys.end(job_id, token, end))
+
+    async def _keep_lease(self, job_id: str, token: str, run: asyncio.Task[None] | None) -> None:
+        """Renew the run's lease; stop the run when it lapsed (a worker may run the job now) or the job's cancel was asked."""
+        while True:
+            await asyncio.sleep(LEASE_RENEW_S)
+            try:
+                state = await self.keys.renew(job_id, token)
+            except Exception as e:  # Redis away: the lease may lapse; the run goes on until it knows
+                log.warning("could not renew a fast start's lease", extra={"fields": {"job_id": job_id, "error": repr(e)}})
+                continue
+            if state != "held" and run is not None:
+                if state == "cancel":
+                    self._cancelled.add(job_id)
+                run.cancel()
+                return
+
+    async def close(self) -> None:
+        """Shutdown: stop every run without a record, so workers take them over at once."""
+        runs = list(self.runs.values())
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
+def engine_client(timeout_s: float, hooks: dict[str, list[Callable[..., object]]]) -> httpx.AsyncClient:
+    """The client of the API's generations (long streams, many at once)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256), event_hooks=hooks)
+
