@@ -121,7 +121,7 @@ def _finish_with_redis_cut(stack: Stack, client: JobClient, *, restore_before_cl
                             "priority": 3, "input": {"prompt": "x"}, "metadata_": {}})
         await store.mark_dispatched(uuid.UUID(job_id))
         await direct.publish(job_id, "status", {"status": "queued"})
-        assert await store.mark_running(job_id, 1)
+        assert await store.mark_running(job_id) == 1
         await direct.publish(job_id, "status", {"status": "running", "attempt": 1})
         for i, t in enumerate(["The sea", " is wide."]):
             await direct.publish(job_id, "token", {"choice": 0, "index": i, "text": t})

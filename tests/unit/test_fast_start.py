@@ -58,9 +58,9 @@ async def test_a_failed_run_is_read_once_then_the_worker_retries(redis: Redis) -
     keys, job = FastStartKeys(redis, 60), str(uuid.uuid4())
     assert await keys.claim(job, "t")
     err = RunError(type="EngineOutOfMemory", message="CUDA out of memory", retryable=True)
-    assert await keys.end(job, "t", RunEnd(outcome="failed", error=err, ooms={"0": 1}))
+    assert await keys.end(job, "t", RunEnd(outcome="failed", error=err, ooms={"ooms": {"0": 1}}))
     kind, end = await keys.adopt(job)
-    assert kind == "record" and end is not None and end.error == err and end.ooms == {"0": 1}
+    assert kind == "record" and end is not None and end.error == err and end.ooms == {"ooms": {"0": 1}}
     assert (await keys.adopt(job))[0] == "taken"  # the retry runs it itself
 
 

@@ -67,21 +67,21 @@ class LlmActivities:
         ooms = OomState(previous[0] if previous else None)
         checkpoint: list[object] = [ooms.as_details()]  # heartbeat details; replaced when an OOM is counted
         async with heartbeating(checkpoint):
-            adopted, offset = await self._adopt(spec, ooms, checkpoint)
+            adopted = await self._adopt(spec, ooms, checkpoint)
         if adopted is not None:
             return adopted
-        return await self._run(spec, entry, started, ooms, checkpoint, activity.info().attempt + offset)
+        return await self._run(spec, entry, started, ooms, checkpoint)
 
-    async def _adopt(self, spec: JobSpec, ooms: OomState, checkpoint: list[object]) -> tuple[LlmGeneration | None, int]:
-        """The API's run's generation once it ended, or (None, attempt offset) when this attempt runs the job."""
+    async def _adopt(self, spec: JobSpec, ooms: OomState, checkpoint: list[object]) -> LlmGeneration | None:
+        """The API's run's generation once it ended, or None when this attempt runs the job."""
         job_id, own_cancel_deadline = spec.job_id, None
         while True:
             kind, end = await self.fast.adopt(job_id)
             if kind == "none":
-                return None, 0
+                return None
             if kind == "taken":
                 activity.logger.info("taking over the API's run of the job", extra={"job_id": job_id})
-                return None, 1
+                return None
             if kind == "running":
                 try:
                     end = await self.fast.wait_end(job_id, 1.0)
@@ -91,13 +91,13 @@ class LlmActivities:
             if end is not None:
                 generation = await self._ended(spec, end, ooms, checkpoint)
                 if generation is not None:
-                    return generation, 1
+                    return generation
                 kind = "cancelling"
             if kind == "cancelling":  # the API stopped for a cancel: this activity's own comes next
                 own_cancel_deadline = own_cancel_deadline or time.monotonic() + OWN_CANCEL_WAIT_S
                 if time.monotonic() > own_cancel_deadline:
                     activity.logger.warning("the API stopped the job for a cancel that never came; running it", extra={"job_id": job_id})
-                    return None, 1
+                    return None
                 await asyncio.sleep(0.5)
 
     async def _ended(self, spec: JobSpec, end: RunEnd, ooms: OomState, checkpoint: list[object]) -> LlmGeneration | None:
@@ -126,10 +126,10 @@ class LlmActivities:
         while time.monotonic() < deadline and await self.fast.running_here(job_id):
             await asyncio.sleep(0.1)
 
-    async def _run(self, spec: JobSpec, entry: ModelEntry, started: float, ooms: OomState, checkpoint: list[object], attempt: int) -> LlmGeneration:
-        """This attempt's generation (``attempt``: Temporal's, one higher after the API's run)."""
+    async def _run(self, spec: JobSpec, entry: ModelEntry, started: float, ooms: OomState, checkpoint: list[object]) -> LlmGeneration:
+        """This attempt's generation."""
         inp = LlmInput.model_validate(await self.books.job_input(spec))
-        running_id = await self.books.start_attempt(spec, started, attempt)
+        running_id, attempt = await self.books.start_attempt(spec, started)
         already, whole = resume_point(await self.books.bus.read_all(spec.job_id), attempt) if attempt > 1 else ({}, True)
         publisher = TokenPublisher(self.books.bus, spec.job_id, attempt, already, last_id=running_id)
         if not whole:

@@ -48,21 +48,22 @@ class JobBookkeeping:
             raise ApplicationError(f"job {spec.job_id} not found", type="JobNotFound", non_retryable=True)
         return engine_input(job, self.keys)
 
-    async def start_attempt(self, spec: JobSpec, started_s: float, attempt: int | None = None) -> str:
-        """Record that an attempt started (status running, attempt number) and tell the clients; the
-        first attempt's start (``started_s``, the activity's) ends the job's queue time. The id of the
-        ``running`` event: the attempt's first event (its publishers append after it).
+    async def start_attempt(self, spec: JobSpec, started_s: float) -> tuple[str, int]:
+        """Record that an attempt started (status running, one more attempt) and tell the clients; the
+        first attempt's start (``started_s``, the activity's) ends the job's queue time. Returns the id
+        of the ``running`` event (the attempt's first event: its publishers append after it) and the
+        attempt's number: attempts started so far, whoever ran them (Temporal's count, and the API's
+        run of a fast-started completion: switchyard.common.fast_start).
 
         A job that already ended (cancelled before its workflow ran) must not run at all.
-        ``attempt``: the activity's own number unless given (one higher after the API's fast start).
         """
         job_id = spec.job_id
-        attempt = attempt if attempt is not None else activity.info().attempt
-        if not await self.store.mark_running(job_id, attempt):
+        attempt = await self.store.mark_running(job_id)
+        if attempt is None:
             raise ApplicationError(f"job {job_id} already ended", type="JobAlreadyEnded", non_retryable=True)
         if attempt == 1:
             metrics.observe_queue_time(spec.domain, spec, started_s)
-        return await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt})
+        return await self.bus.publish(job_id, "status", {"status": JobStatus.running.value, "attempt": attempt}), attempt
 
     async def stored_outcome(self, outcome: JobOutcome) -> tuple[JobOutcome, bytes | None]:
         """What the job's row keeps: result and error texts redacted, whatever the model's policy

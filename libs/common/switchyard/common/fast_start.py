@@ -6,8 +6,8 @@ waiting for Temporal to hand the job to a worker; its workflow is started as alw
 worker (``worker``). The workflow's ``llm.generate`` activity, finding the API's lease, waits for
 the API's end record (the generation, or its error) instead of calling the engine; finding the
 lease lapsed (the API died or shut down), it takes over and resumes from the job's events, as a
-retried attempt does. The API's run counts as attempt 1: every attempt of a fast-started job's
-activity is numbered one higher (``attempt_offset``).
+retried attempt does. The API's run counts as attempt 1 (attempts are numbered by the job's row:
+``JobStore.mark_running``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class RunEnd(BaseModel):
     outcome: Literal["succeeded", "failed", "cancelled"]
     generation: LlmGeneration | None = None
     error: RunError | None = None
-    # Out-of-memory answers per endpoint position (llm_generation.OomState.as_details()).
+    # Out-of-memory answers per endpoint position, as heartbeat details (llm_generation.OomState.as_details()).
     ooms: dict[str, Any] | None = None
 
 

@@ -90,7 +90,7 @@ class FastStarts:
         job_id, started = spec.job_id, time.time()
         CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id)
         metrics.observe_queue_time("llm", spec, started)
-        marked = asyncio.create_task(self.books.store.mark_running(job_id, 1))
+        marked = asyncio.create_task(self.books.store.mark_running(job_id))  # attempt 1
         ooms = OomState(None)
         generation = Generation(entry, inp, spec, TokenPublisher(self.bus, job_id, 1, {}, last_id=running_id), http=self.http,
                                 breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after, logger=log)
@@ -98,7 +98,7 @@ class FastStarts:
         lease = asyncio.create_task(self._keep_lease(job_id, token, asyncio.current_task()))
         try:
             gen = await generation.run(started)
-            if not await marked:  # the job ended meanwhile (cancelled before it ran): nothing to record
+            if await marked is None:  # the job ended meanwhile (cancelled before it ran): nothing to record
                 end = RunEnd(outcome="cancelled")
             elif await self.keys.renew(job_id, token) == "held":  # still this run's: no worker took over
                 await self.books.finish(succeeded_outcome(spec, gen))  # the row, the quotas, the end event
@@ -108,10 +108,10 @@ class FastStarts:
             # lost lease: none (a worker takes over now).
             end = RunEnd(outcome="cancelled") if job_id in self._cancelled else None
         except EngineError as e:
-            end = RunEnd(outcome="failed", error=RunError(type=e.kind, message=str(e), retryable=e.retryable), ooms=ooms.as_details()["ooms"])
+            end = RunEnd(outcome="failed", error=RunError(type=e.kind, message=str(e), retryable=e.retryable), ooms=ooms.as_details())
         except NoEndpointAnswered as e:
             end = RunEnd(outcome="failed", error=RunError(type=e.error.kind, message=str(e), retryable=True, retry_after_s=e.retry_after_s),
-                         ooms=ooms.as_details()["ooms"])
+                         ooms=ooms.as_details())
         except Exception as e:  # the stream, Redis, the database: the worker's attempt runs it again
             log.warning("fast start failed; a worker runs the job", extra={"fields": {"job_id": job_id, "error": repr(e)}})
         finally:

@@ -105,16 +105,18 @@ class JobStore:
                 await s.execute(complete)
             return job is not None
 
-    async def mark_running(self, job_id: str, attempt: int) -> bool:
-        """queued/running → running with the attempt number; False if the job already ended."""
+    async def mark_running(self, job_id: str) -> int | None:
+        """queued/running → running, one more attempt; the attempt's number (attempts started so
+        far, this one included), or None if the job already ended."""
         stmt = (
             update(Job)
             .where(Job.id == uuid.UUID(job_id), Job.status.in_(_NOT_TERMINAL))
-            .values(status=JobStatus.running.value, attempts=attempt, started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
+            .values(status=JobStatus.running.value, attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
+            .returning(Job.attempts)
         )
         async with self.sessions.begin() as s:
-            result: CursorResult[Any] = await s.execute(stmt)  # type: ignore[assignment]
-            return result.rowcount > 0
+            row = (await s.execute(stmt)).first()
+            return None if row is None else int(row[0])
 
     async def finish(self, outcome: JobOutcome, result_sealed: bytes | None = None) -> bool:
         """Record the end of a job (``result_sealed``: the engine's answer, encrypted, when
