@@ -387,7 +387,18 @@ class Stack:
                     # An activity scheduled by a workflow task comes back in that task's response to the
                     # worker that completed it (a free slot permitting), not through matching: one round
                     # trip less per job step (the engine call, job.finish). docs/llm-speed.md.
-                    "--dynamic-config-value", "system.enableActivityEagerExecution=true"]
+                    "--dynamic-config-value", "system.enableActivityEagerExecution=true",
+                    # The history service's mutable-state cache (two entries per workflow run, ~16 KB
+                    # each) keeps every run it loaded: entries expire after history.cacheTTL (1 h) but
+                    # are only dropped when read or when the cache is full (8096 entries in the dev
+                    # server), so under steady load the server grew by ~30 KB per workflow for hours
+                    # (the soak: +1.4 MB/min). Expired entries are never served anyway: dropping them
+                    # in the background after 2 min bounds the cache by the last ~2.5 min of runs (a
+                    # longer run reloads its state from SQLite, once per 2 min), and 4096 entries cap
+                    # a burst. docs/soak.md.
+                    "--dynamic-config-value", "history.hostLevelCacheMaxSize=4096",
+                    "--dynamic-config-value", 'history.cacheTTL="2m"',
+                    "--dynamic-config-value", 'history.cacheBackgroundEvict={"Enabled": true, "LoopInterval": "30s", "MaxEntryPerCall": 1024}']
         temporal += ["--ui-port", str(c.temporal_ui_port)] if c.ui else ["--headless"]
         env = python_env(self._env())
         self.procs["temporal"] = Proc("temporal", temporal, dict(os.environ), self._log("temporal"), tcp_ready(c.temporal_port))
