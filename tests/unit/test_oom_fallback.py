@@ -13,8 +13,8 @@ from switchyard.common.breaker import BreakerBoard
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.fallback import Attempt, NoEndpointAnswered, breaker_key, first_endpoint_that_works
 from switchyard.common.engines.oom import EngineOutOfMemory
-from switchyard.common.model_registry import Endpoint
 from switchyard.common.llm_generation import OomState
+from switchyard.common.model_registry import Endpoint
 
 pytestmark = pytest.mark.asyncio
 

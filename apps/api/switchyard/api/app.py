@@ -94,7 +94,8 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         hooks = tracing.httpx_event_hooks()
         llm_http = engine_client(settings.llm_engine_timeout_s, {**hooks, "request": [*hooks.get("request", []), send_request_id]})
         books = JobBookkeeping(store, bus, payload_keys, pii=pii, model_names=lambda: catalog.current.names)
-        fast_starts = FastStarts(settings, books, llm_http, engine_breakers(settings.breaker_fail_max, settings.breaker_reset_s), backlog)
+        fast_starts = FastStarts(settings, books, llm_http, engine_breakers(settings.breaker_fail_max, settings.breaker_reset_s), backlog,
+                                 dispatcher.dispatch_soon)
         grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes, authorize_v2,
                                                     GrpcCalls(writer, grpc_frontend.OPEN_METHODS))
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,

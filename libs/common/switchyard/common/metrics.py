@@ -52,6 +52,10 @@ QUEUE_TIME = Histogram("switchyard_queue_time_seconds", "Job accepted (row commi
                        ["domain", "priority"], buckets=QUEUE_BUCKETS)
 JOBS_FINISHED = Counter("switchyard_jobs_finished", "Jobs that reached an end state", ["domain", "model", "outcome"])
 TOKENS = Counter("switchyard_tokens", "Tokens the engines processed (rate = tokens/s)", ["model", "kind"])
+# Completions the API started itself (docs/llm-speed.md), by how its run ended: succeeded, failed (the
+# workflow retries), cancelled, handed_over (a worker took it over), or queued (not started here).
+FAST_STARTS = Counter("switchyard_llm_fast_starts", "Completions the API started itself, by how its run ended "
+                      "(succeeded, failed, cancelled, handed_over; queued: the model's backlog was too long)", ["model", "outcome"])
 ITEMS = Counter("switchyard_items", "Inputs processed: images (vision), items (recsys)", ["domain", "model"])
 ENGINE_REQUESTS = Counter("switchyard_engine_requests", "Calls to an engine endpoint, one per endpoint tried", ["model", "endpoint", "outcome"])
 ENGINE_UP = Gauge("switchyard_engine_up", "The endpoint answered its last health probe", ["model", "endpoint"], multiprocess_mode="max")

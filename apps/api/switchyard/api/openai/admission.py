@@ -77,7 +77,7 @@ def check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
 
 
 async def start_completion(res: Resources, caller: Principal, entry: ModelEntry, inp: LlmInput, x_priority: str | None, user: str | None,
-                           conn: HTTPConnection) -> Job:
+                           conn: HTTPConnection, *, streamed: bool) -> Job:
     """Check, admit and accept the completion's job, the caller tenant's (``X-Priority``, capped by
     the key's tier; the tier's priority without one). Admission reserves the caller's tokens per
     minute (prompt estimate + max_tokens) and a place in the model's backlog."""
@@ -101,8 +101,11 @@ async def start_completion(res: Resources, caller: Principal, entry: ModelEntry,
         await admission.undo()
         raise
     if created:
-        # Started here at once when the model's backlog is short; its workflow, started as always, adopts the run.
-        with contextlib.suppress(Exception):  # Redis away: the workflow runs it
-            await res.fast_starts.begin(row, entry, inp)
-        res.dispatcher.dispatch_soon(row)
+        # Started here at once when the model's backlog is short (the run then dispatches the job's
+        # workflow, which adopts the run); else, or with Redis away, dispatched now.
+        started = False
+        with contextlib.suppress(Exception):
+            started = await res.fast_starts.begin(row, entry, inp, streamed=streamed)
+        if not started:
+            res.dispatcher.dispatch_soon(row)
     return row

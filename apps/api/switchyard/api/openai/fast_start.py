@@ -46,21 +46,27 @@ log = logging.getLogger("switchyard.api.fast_start")
 class FastStarts:
     """This API process's runs (job id → task)."""
 
-    def __init__(self, settings: ApiSettings, books: JobBookkeeping, http: httpx.AsyncClient, breakers: BreakerBoard, backlog: Backlog) -> None:
+    def __init__(self, settings: ApiSettings, books: JobBookkeeping, http: httpx.AsyncClient, breakers: BreakerBoard, backlog: Backlog,
+                 dispatch: Callable[[Job], None]) -> None:
         self.settings, self.books, self.http, self.breakers, self.backlog = settings, books, http, breakers, backlog
+        self.dispatch = dispatch  # the outbox's dispatch_soon: starts the job's workflow
         self.bus: EventBus = books.bus
         self.keys = FastStartKeys(self.bus.redis, self.bus.ttl_s)
         self.runs: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()  # runs stopped for the job's cancel (not for a shutdown)
 
-    async def begin(self, job: Job, entry: ModelEntry, inp: LlmInput) -> bool:
+    async def begin(self, job: Job, entry: ModelEntry, inp: LlmInput, *, streamed: bool) -> bool:
         """Start the job's first attempt here if its model's backlog is short; True if it started
-        (then the job's stream already holds ``queued`` and ``running``)."""
+        (then the job's stream already holds ``queued`` and ``running``, and the run dispatches the
+        job's workflow: after its first token when ``streamed``, else after its end, so Temporal's work
+        never competes with the client's wait. A run that dies first leaves the row undispatched: the
+        outbox's sweeper dispatches it within its grace, and the workflow takes the run over)."""
         s = self.settings
-        if s.llm_fast_start_max_backlog == 0 or len(self.runs) >= s.llm_fast_start_max_runs:
+        if s.llm_fast_start_max_backlog == 0:
             return False
-        if await self.backlog.size(entry.name) > s.llm_fast_start_max_backlog:
-            return False  # a queue to order by priority: the job waits its turn in Temporal
+        if len(self.runs) >= s.llm_fast_start_max_runs or await self.backlog.size(entry.name) > s.llm_fast_start_max_backlog:
+            metrics.FAST_STARTS.labels(model=job.model, outcome="queued").inc()
+            return False  # a queue to order by priority (or this process is full): the job waits its turn in Temporal
         job_id, token = str(job.id), uuid.uuid4().hex
         if job.model_spec and "llm" in job.model_spec:  # what the job was accepted for (a canary's: its candidate)
             entry = ModelEntry.model_validate(job.model_spec["llm"])
@@ -76,7 +82,7 @@ class FastStarts:
             await self.keys.end(job_id, token, None)  # a worker runs it
             raise
         assert ids is not None
-        self.runs[job_id] = asyncio.create_task(self._run(spec, entry, inp, token, ids[-1]))
+        self.runs[job_id] = asyncio.create_task(self._run(job, spec, entry, inp, token, ids[-1], streamed))
         return True
 
     def cancel(self, job_id: str) -> None:
@@ -86,14 +92,22 @@ class FastStarts:
             self._cancelled.add(job_id)
             task.cancel()
 
-    async def _run(self, spec: JobSpec, entry: ModelEntry, inp: LlmInput, token: str, running_id: str) -> None:
+    async def _run(self, job: Job, spec: JobSpec, entry: ModelEntry, inp: LlmInput, token: str, running_id: str, streamed: bool) -> None:
         job_id, started = spec.job_id, time.time()
+        dispatched: list[bool] = []
+
+        def dispatch() -> None:
+            if not dispatched:
+                dispatched.append(True)
+                self.dispatch(job)
+
         CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id)
         metrics.observe_queue_time("llm", spec, started)
         marked = asyncio.create_task(self.books.store.mark_running(job_id))  # attempt 1
         ooms = OomState(None)
         generation = Generation(entry, inp, spec, TokenPublisher(self.bus, job_id, 1, {}, last_id=running_id), http=self.http,
-                                breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after, logger=log)
+                                breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after,
+                                on_first_token=dispatch if streamed else lambda: None, logger=log)
         end: RunEnd | None = None
         lease = asyncio.create_task(self._keep_lease(job_id, token, asyncio.current_task()))
         try:
@@ -115,6 +129,8 @@ class FastStarts:
         except Exception as e:  # the stream, Redis, the database: the worker's attempt runs it again
             log.warning("fast start failed; a worker runs the job", extra={"fields": {"job_id": job_id, "error": repr(e)}})
         finally:
+            dispatch()
+            metrics.FAST_STARTS.labels(model=spec.model, outcome=end.outcome if end is not None else "handed_over").inc()
             lease.cancel()
             marked.cancel()
             self.runs.pop(job_id, None)
