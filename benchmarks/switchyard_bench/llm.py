@@ -196,7 +196,7 @@ def breakdown(dsn: str, label: str, samples: dict[str, list[Sample]], engine: st
         ("client TTFT", [s.ttft_ms for s in samples[lane]]),
         ("the API's TTFT (arrival → first token written; request log)", api_ttft),
         ("ingress: client ↔ Nginx ↔ API (client TTFT − API TTFT)", ingress),
-        ("accepted → worker attempt start (job row, dispatch, Temporal tasks; request log queue_ms)", dispatch),
+        ("accepted → attempt start (the API's fast start, or a worker's via Temporal; request log queue_ms)", dispatch),
         ("engine TTFT (the paired direct call)", [s.ttft_ms for s in samples[engine]]),
         ("accept + engine call set-up + token relay (API TTFT − queue − engine TTFT)", relay),
     )]
