@@ -31,8 +31,12 @@ class TritonPythonModel:
         self.in_name = cfg["input"][0]["name"]
         self.out_name = cfg["output"][0]["name"]
         dims = [int(d) for d in cfg["input"][0]["dims"]]
-        # Warm-up so that the first request does not pay for onnxruntime's lazy initialisation.
-        self.session.run([self.ort_out], {self.ort_in: np.zeros([1] + dims, np.float32)})
+        # Warm-up so that the first request does not pay for onnxruntime's lazy initialisation, at the
+        # largest batch Triton may hand over: onnxruntime's memory arena grows (by doubling) to the
+        # largest batch it has run and keeps it, so it reaches its size now, not when the first big
+        # batch comes under load (the soak saw a one-off +34 MB step then; docs/soak.md).
+        batch = max(1, int(cfg.get("max_batch_size", 1)))
+        self.session.run([self.ort_out], {self.ort_in: np.zeros([batch] + dims, np.float32)})
         pb_utils.Logger.log_info(f"{args['model_name']}: onnxruntime {ort.__version__} on {path}, " f"intra_op_threads={so.intra_op_num_threads}")
 
     def execute(self, requests):

@@ -44,6 +44,15 @@ FEAST_REGISTRY_DSN = "postgresql+psycopg://postgres@127.0.0.1:5432/switchyard_fe
 CATALOG_READERS = ("api", "worker-llm", "worker-vision", "worker-recsys", "worker-shadow")
 # What build-support/setup-recsys.sh writes to the Feast online store once it has loaded it.
 FEAST_MARKER_KEY = "switchyard:recsys:materialized"
+# glibc raises its mmap threshold (to the largest block freed, up to 32 MB) and its trim threshold
+# (twice that) as a process runs: once a big temporary block was freed (a model load, a batch of
+# images), every later buffer below it comes from the heap and freed memory stays there. In the
+# soak, worker-shadow's and worker-llm's heaps held 5-18 MB more than was in use, and grew so
+# (malloc_stats; malloc_trim gave worker-llm 14 MB back at once). Setting the thresholds turns the
+# adjustment off: buffers of 128 KiB and up are mapped and unmapped, free heap tops above 256 KiB
+# go back (worker-llm flat, both ~10-20 MB lower; docs/soak.md). For the background workers only
+# (shadow replays, LLM jobs); the realtime parts keep glibc's defaults.
+FIXED_MALLOC_THRESHOLDS = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "262144"}
 
 
 @dataclass
@@ -431,7 +440,8 @@ class Stack:
         self.procs["sglang-fake"] = Proc("sglang-fake", [py, "-m", "switchyard.devstack.fake_sglang", "--port", str(c.sglang_port), "--model-name", SGLANG_MODEL,
                                                          "--backend-url", f"http://127.0.0.1:{c.engine_port}", "--enable-priority-scheduling"],
                                          env, self._log("sglang-fake"), http_ready(f"http://127.0.0.1:{c.sglang_port}/health"))
-        worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency),
+        worker = Proc("worker-llm", [py, "-m", "switchyard.worker_llm"], {**env, **FIXED_MALLOC_THRESHOLDS,
+                                                                         "SWITCHYARD_MAX_CONCURRENT_ACTIVITIES": str(c.worker_concurrency),
                                                                          **self._metrics_env(c.worker_llm_metrics_port, c.worker_llm_temporal_metrics_port)},
                       self._log("worker-llm"), lambda: False)
         worker.ready = worker.log_contains("worker started")
@@ -459,7 +469,8 @@ class Stack:
             self._define_recsys(env)
             v2_upstreams["recsys"] = {"http": f"http://127.0.0.1:{c.recsys_http_port}"}
         # Shadow deployment (docs/shadow.md): replays sampled requests on candidates, at the V2 workers and the engines.
-        shadow = Proc("worker-shadow", [py, "-m", "switchyard.worker_shadow"], {**env, "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
+        shadow = Proc("worker-shadow", [py, "-m", "switchyard.worker_shadow"], {**env, **FIXED_MALLOC_THRESHOLDS,
+                                                                               "SWITCHYARD_V2_UPSTREAMS": json.dumps(v2_upstreams),
                                                                                **self._metrics_env(c.worker_shadow_metrics_port, c.worker_shadow_temporal_metrics_port)},
                       self._log("worker-shadow"), lambda: False)
         shadow.ready = shadow.log_contains("worker started")
