@@ -1,8 +1,8 @@
 """OpenAI-compatible API: models, chat completions, completions, embeddings (the routes only).
 
 Every completion is a job on the durable lane (workflow on the ``llm`` queue, with priority):
-``admission`` checks and accepts it, ``rendering`` re-shapes the job's events into OpenAI's
-format. The job id is in the ``X-Switchyard-Job-Id`` header. A client that goes away cancels the
+``admission`` checks and accepts it (and, while the model's backlog is short, starts it here at once:
+``fast_start``), ``rendering`` re-shapes the job's events into OpenAI's format. The job id is in the ``X-Switchyard-Job-Id`` header. A client that goes away cancels the
 job, which cancels the engine request. Embeddings are a synchronous call (``embeddings``).
 """
 
