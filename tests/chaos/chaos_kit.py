@@ -310,8 +310,11 @@ def check_job(t: Tracked, job: dict[str, Any], stream: list[tuple[str, str, dict
             delivered.add((choice, index))
     if t.domain == "llm" and t.expect == "succeeded":
         assert visible_text(events) == job["result"]["text"], where
-        # A stream rebuilt from the row carries the whole text as one token (the row keeps texts, not token boundaries).
-        assert rebuilt or len(segment.get(0, [])) == job["usage"]["completion_tokens"], (where, len(segment.get(0, [])), job["usage"])
+        # The text above is the exact check (nothing missing, nothing twice). A token event is one chunk of
+        # the engine's stream: one token as a rule, but an engine may put several in one chunk (a vLLM just
+        # restarted, on busy cores, did: 293 chunks for 300 tokens); a stream rebuilt from the row carries
+        # the whole text as one token (the row keeps texts, not token boundaries).
+        assert rebuilt or 0 < len(segment.get(0, [])) <= job["usage"]["completion_tokens"], (where, len(segment.get(0, [])), job["usage"])
         if t.max_tokens is not None:
             assert job["usage"]["completion_tokens"] == t.max_tokens, (where, job["usage"])
     return Counter({"resets": resets, "repeated_tokens": repeated})
