@@ -81,7 +81,7 @@ async def test_a_cancel_reaches_the_run_and_the_activity_waits_for_its_own(redis
     assert await keys.claim(job, "t")
     await keys.request_cancel(job)
     assert await keys.renew(job, "t") == "cancel"
-    assert await keys.running_here(job)
+    assert await keys.api_holds_lease(job)
     assert await keys.end(job, "t", None)  # stopped without a record
-    assert not await keys.running_here(job)
+    assert not await keys.api_holds_lease(job)
     assert await keys.adopt(job) == ("cancelling", None)  # not taken over: the job is being cancelled

@@ -22,7 +22,7 @@ from switchyard.api.jobs.dispatch import Dispatcher
 from switchyard.api.jobs.retention import Purger
 from switchyard.api.openai import routes as openai_routes
 from switchyard.api.openai.embeddings import engine_breakers
-from switchyard.api.openai.fast_start import FastStarts, engine_client
+from switchyard.api.openai.fast_start import FastStarts
 from switchyard.api.recsys import routes as recsys_routes
 from switchyard.api.recsys.fast_path import RecommendationsFastPath
 from switchyard.api.request_log import GrpcCalls, RequestLog, RequestWriter, recording_authorize
@@ -37,12 +37,12 @@ from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
 from switchyard.common.db.store import JobStore, RequestStore, make_engine
+from switchyard.common.engines.generation_client import generation_client
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.keys import KeyStore
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
-from switchyard.common.request_log import send_request_id
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.common.shadow.canary import CanaryOutcomes, RollbackController
 from switchyard.common.shadow.mirror import ShadowMirror
@@ -90,9 +90,7 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         quotas = Quotas(redis)
         gatekeeper.keys, gatekeeper.quotas = keys, quotas
         pii = PiiGuard(settings)  # loads the spaCy model now, not on the first request
-        # Completions started here (docs/llm-speed.md): engines see traceparent and X-Request-Id.
-        hooks = tracing.httpx_event_hooks()
-        llm_http = engine_client(settings.llm_engine_timeout_s, {**hooks, "request": [*hooks.get("request", []), send_request_id]})
+        llm_http = generation_client(settings.llm_engine_timeout_s)  # completions started here (docs/llm-speed.md)
         books = JobBookkeeping(store, bus, payload_keys, pii=pii, model_names=lambda: catalog.current.names)
         fast_starts = FastStarts(settings, books, llm_http, engine_breakers(settings.breaker_fail_max, settings.breaker_reset_s), backlog,
                                  dispatcher.dispatch_soon)

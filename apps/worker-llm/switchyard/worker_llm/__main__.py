@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
 
-import httpx
-
-from switchyard.common import tracing, worker_main
+from switchyard.common import worker_main
 from switchyard.common.breaker import BreakerBoard
 from switchyard.common.catalog import CatalogHolder
+from switchyard.common.engines.generation_client import generation_client
 from switchyard.common.gpu import GpuReadings, keep_reading
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
-from switchyard.common.request_log import send_request_id
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.worker_llm.activities import LlmActivities
 from switchyard.worker_llm.probe import keep_probing
@@ -26,16 +23,10 @@ from switchyard.worker_llm.workflows import LlmJobWorkflow
 log = logging.getLogger("switchyard.worker_llm")
 
 
-def _engine_hooks() -> dict[str, list[Any]]:
-    hooks = tracing.httpx_event_hooks()
-    return {**hooks, "request": [*hooks.get("request", []), send_request_id]}
-
-
 async def main(settings: WorkerSettings, catalog: CatalogHolder, keys: KeyRing) -> None:
     # Results are stored redacted (switchyard.common.pii); the model loads now, not on the first job.
     pii = PiiGuard(settings)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256),
-                             event_hooks=_engine_hooks())  # engines see the attempt's traceparent and X-Request-Id
+    http = generation_client(settings.engine_timeout_s)  # engines see the attempt's traceparent and X-Request-Id
     # One circuit breaker per engine endpoint (a cancelled call says nothing about the endpoint).
     breakers = BreakerBoard(fail_max=settings.engine_breaker_fail_max, reset_timeout_s=settings.engine_breaker_reset_s, exclude=[asyncio.CancelledError])
     await worker_main.serve(

@@ -123,7 +123,7 @@ class LlmActivities:
         (a little) until it did, so the engine is stopped when the cancel is recorded."""
         await self.fast.request_cancel(job_id)
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and await self.fast.running_here(job_id):
+        while time.monotonic() < deadline and await self.fast.api_holds_lease(job_id):
             await asyncio.sleep(0.1)
 
     async def _run(self, spec: JobSpec, entry: ModelEntry, started: float, ooms: OomState, checkpoint: list[object]) -> LlmGeneration:

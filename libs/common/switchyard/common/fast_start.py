@@ -132,10 +132,7 @@ class FastStartKeys:
         """Ask whoever runs the job to stop (the API's run sees it at its next renewal)."""
         await self.redis.set(_keys(job_id)[3], "1", ex=self.ttl_s)
 
-    async def cancel_requested(self, job_id: str) -> bool:
-        return bool(await self.redis.exists(_keys(job_id)[3]))
-
-    async def running_here(self, job_id: str) -> bool:
+    async def api_holds_lease(self, job_id: str) -> bool:
         """Whether the API's lease on the job is still held (by any API process)."""
         v = await self.redis.get(_keys(job_id)[0])
         return v is not None and _s(v).startswith("api:")

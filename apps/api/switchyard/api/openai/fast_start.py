@@ -160,8 +160,3 @@ class FastStarts:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
 
-
-def engine_client(timeout_s: float, hooks: dict[str, list[Callable[..., object]]]) -> httpx.AsyncClient:
-    """The client of the API's generations (long streams, many at once)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), limits=httpx.Limits(max_connections=256), event_hooks=hooks)
-
