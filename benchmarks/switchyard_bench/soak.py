@@ -116,6 +116,8 @@ class Soak:
                 out = await fn(i)
         except Bad as e:
             error = e.kind
+            if e.example:
+                self.examples.setdefault((lane, error), e.example)
         except TimeoutError:
             error = f"no answer in {TIMEOUT_S:.0f} s"
         except Exception as e:  # a refused connection, a broken stream: counted by type

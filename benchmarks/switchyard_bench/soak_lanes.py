@@ -37,9 +37,9 @@ RECSYS_MODELS = ("recsys-rank", "recsys-rank-triton")
 class Bad(Exception):
     """A request that failed; ``kind`` is what the error table counts."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, example: str = "") -> None:
         super().__init__(kind)
-        self.kind = kind
+        self.kind, self.example = kind, example  # example: the error's message, for the table
 
 
 @dataclass
@@ -50,19 +50,20 @@ class Outcome:
     injected: bool = False
 
 
-def _code(status: int, body: bytes | str) -> str:
-    """``HTTP 503 engine_unavailable`` from the one error shape, or the bare status."""
+def _bad(status: int, body: bytes | str, prefix: str = "") -> Bad:
+    """``HTTP 503 engine_unavailable`` from the one error shape (or the bare status), its message as the example."""
     try:
         err = json.loads(body).get("error")
-        code = err.get("code") if isinstance(err, dict) else None
+        code, message = (err.get("code"), err.get("message")) if isinstance(err, dict) else (None, None)
     except (ValueError, AttributeError):
-        code = None
-    return f"HTTP {status}" + (f" {code}" if code else "")
+        code, message = None, None
+    text = message or (body.decode(errors="replace") if isinstance(body, bytes) else body)
+    return Bad(prefix + f"HTTP {status}" + (f" {code}" if code else ""), str(text)[:300])
 
 
 def _ok(r: Response) -> Any:
     if r.status != 200:
-        raise Bad(_code(r.status, r.body))
+        raise _bad(r.status, r.body)
     return json.loads(r.body)
 
 
@@ -119,7 +120,7 @@ class Lanes:
         ttft, done, usage, finish = None, False, None, None
         async with self.streams.stream("POST", "/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
-                raise Bad(f"{model}: {_code(r.status_code, await r.aread())}")
+                raise _bad(r.status_code, await r.aread(), f"{model}: ")
             async for line in r.aiter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -182,12 +183,12 @@ class Lanes:
     async def _job(self, body: dict[str, Any]) -> tuple[str, list[Event], dict[str, Any]]:
         r = await self.streams.post("/v1/jobs", json=body)
         if r.status_code != 202:
-            raise Bad(f"submit: {_code(r.status_code, r.content)}")
+            raise _bad(r.status_code, r.content, "submit: ")
         job_id = r.json()["id"]
         events: list[Event] = []
         async with aconnect_sse(self.streams, "GET", f"/v1/jobs/{job_id}/events") as es:
             if es.response.status_code != 200:
-                raise Bad(f"events: {_code(es.response.status_code, await es.response.aread())}")
+                raise _bad(es.response.status_code, await es.response.aread(), "events: ")
             async for sse in es.aiter_sse():
                 if sse.data:
                     events.append(Event(sse.id, sse.event, json.loads(sse.data)))
@@ -196,7 +197,7 @@ class Lanes:
             raise Bad("stream closed before the job's end")
         got = await self.streams.get(f"/v1/jobs/{job_id}")
         if got.status_code != 200:
-            raise Bad(f"get: {_code(got.status_code, got.content)}")
+            raise _bad(got.status_code, got.content, "get: ")
         job = got.json()
         if job["status"] != statuses[-1]:
             raise Bad(f"stream ended {statuses[-1]}, row says {job['status']}")
@@ -264,7 +265,7 @@ class Lanes:
             }
             path, body = cases[case]
             r = await self._post(path, body)
-            got = _code(r.status, r.body) if case != 4 else f"HTTP {r.status}"  # KServe V2 errors are {"error": "<message>"}
+            got = _bad(r.status, r.body).kind if case != 4 else f"HTTP {r.status}"  # KServe V2 errors are {"error": "<message>"}
         if got != expected:
             raise Bad(f"{what}: expected {expected}, got {got}")
         return Outcome(injected=True)

@@ -1,5 +1,6 @@
-"""Fast start (docs/llm-speed.md): the API runs a completion's first attempt itself, at once; the
-job's workflow, started as always, adopts the run (the API killed mid-run: test_resilience.py)."""
+"""Fast start (docs/llm-speed.md): the API runs a completion's first attempt itself, at once; a run
+that succeeds needs no workflow, a longer one gets one from the outbox's sweeper that adopts it (the
+API killed mid-run: test_resilience.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import httpx
 from conftest import eventually  # pants: no-infer-dep
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from switchyard.devstack.client import JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
@@ -41,9 +43,15 @@ def worker_stopped(stack: Stack) -> Iterator[Callable[[], None]]:
 
 
 def _workflow_status(stack: Stack, job_id: str) -> WorkflowExecutionStatus | None:
+    """The job's workflow's status; None when it has none."""
     async def describe() -> WorkflowExecutionStatus | None:
         client = await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}")
-        return (await client.get_workflow_handle(job_id).describe()).status
+        try:
+            return (await client.get_workflow_handle(job_id).describe()).status
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
 
     return asyncio.run(describe())
 
@@ -59,25 +67,64 @@ def _chat(stack: Stack, auth: dict[str, str], **extra: object) -> dict[str, obje
     return {"model": LLM_MODEL, "messages": [{"role": "user", "content": "Tell me about trains."}], **extra}
 
 
-def test_a_completion_runs_in_the_api_while_no_worker_takes_tasks_and_its_workflow_adopts_it(stack: Stack, client: JobClient,
-                                                                                               auth: dict[str, str]) -> None:
+def test_a_completion_runs_in_the_api_while_no_worker_takes_tasks_and_needs_no_workflow(stack: Stack, client: JobClient,
+                                                                                         auth: dict[str, str]) -> None:
     before = _fast_starts(stack, "succeeded")
-    with worker_stopped(stack):  # the fault: no worker can take the job's workflow or activity tasks
+    with worker_stopped(stack):  # the fault: no worker can take a workflow or activity task
         r = httpx.post(stack.ingress + "/v1/chat/completions", json=_chat(stack, auth, max_tokens=12, seed=5), headers=auth, timeout=60)
         assert r.status_code == 200, r.text
         job_id = r.headers["x-switchyard-job-id"]
         answer = r.json()["choices"][0]["message"]["content"]
         job = client.get(job_id)
         assert job["status"] == "succeeded" and job["attempts"] == 1 and job["usage"]["completion_tokens"] == 12
-        assert _workflow_status(stack, job_id) == WorkflowExecutionStatus.RUNNING  # its workflow waits for a worker
         eventually(lambda: _fast_starts(stack, "succeeded") == before + 1, "the API's run counted as succeeded", 10)
-    deadline = time.monotonic() + 60
-    while _workflow_status(stack, job_id) != WorkflowExecutionStatus.COMPLETED and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _workflow_status(stack, job_id) == WorkflowExecutionStatus.COMPLETED  # adopted: no second generation
+    time.sleep(3.5)  # past the outbox's grace (2 s) and a sweep: an ended job is never dispatched
+    assert _workflow_status(stack, job_id) is None
     events = list(client.events(job_id))
     assert [e.data for e in events if e.type == "status"] == [{"status": "queued"}, {"status": "running", "attempt": 1}, {"status": "succeeded"}]
     assert visible_text(events) == answer == client.get(job_id)["result"]["text"]
+
+
+def test_a_run_still_going_after_the_outbox_grace_gets_a_workflow_that_adopts_it(stack: Stack, client: JobClient,
+                                                                                  auth: dict[str, str]) -> None:
+    body = _chat(stack, auth, max_tokens=400, ignore_eos=True, seed=9, stream=True)
+    with worker_stopped(stack) as thaw, httpx.stream("POST", stack.ingress + "/v1/chat/completions", json=body, headers=auth, timeout=120) as r:
+        job_id = r.headers["x-switchyard-job-id"]
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))  # the API's run streams
+        # The sweeper starts the running job's workflow after the grace; with the worker frozen it waits for a task.
+        eventually(lambda: _workflow_status(stack, job_id) == WorkflowExecutionStatus.RUNNING, "the sweeper dispatched the running job", 15)
+        assert client.get(job_id)["status"] == "running"  # still the API's run (a long stream)
+        thaw()  # the worker's activity finds the API's lease held and waits for its end record
+        assert "data: [DONE]" in list(lines)
+    eventually(lambda: _workflow_status(stack, job_id) == WorkflowExecutionStatus.COMPLETED, "the workflow adopted the run's end", 60)
+    job = client.get(job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1 and job["usage"]["completion_tokens"] == 400  # no second generation
+    events = list(client.events(job_id))
+    assert [e.data["index"] for e in events if e.type == "token"] == list(range(400))
+
+
+def test_deleting_a_run_the_api_started_ends_it_at_once_and_nothing_runs_it_later(stack: Stack, client: JobClient,
+                                                                                    auth: dict[str, str]) -> None:
+    body = _chat(stack, auth, max_tokens=400, ignore_eos=True, stream=True)
+    before = _fast_starts(stack, "cancelled")
+    with httpx.stream("POST", stack.ingress + "/v1/chat/completions", json=body, headers=auth, timeout=120) as r:
+        job_id = r.headers["x-switchyard-job-id"]
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))
+        assert client.get(job_id)["status"] == "running"  # the fault's target: in flight, the API's own run, no workflow yet
+        assert _workflow_status(stack, job_id) is None
+        d = httpx.delete(f"{stack.ingress}/v1/jobs/{job_id}", headers=auth, timeout=10)
+        assert d.status_code == 202, d.text
+        assert d.json()["status"] == "cancelled"
+        list(lines)  # the stream ends (no hang)
+    eventually(lambda: _fast_starts(stack, "cancelled") == before + 1, "the API's run stopped for the cancel", 10)
+    time.sleep(3.5)  # past the grace and a sweep: no workflow takes the job up again
+    job = client.get(job_id)
+    assert job["status"] == "cancelled" and job["attempts"] == 1, job
+    tokens = [e for e in client.events(job_id) if e.type == "token"]
+    assert 0 < len(tokens) < 400  # the engine stopped midway
+    assert _workflow_status(stack, job_id) in (None, WorkflowExecutionStatus.COMPLETED)  # started only to read the run's cancel record
 
 
 def test_over_the_backlog_a_completion_waits_its_turn_in_the_queue(stack: Stack, client: JobClient, auth: dict[str, str]) -> None:

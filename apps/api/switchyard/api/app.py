@@ -37,6 +37,7 @@ from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.catalog_changes import ChangeFollower, ChangeStore
 from switchyard.common.db.store import JobStore, RequestStore, make_engine
+from switchyard.common.engines.base import ENGINE_KEEPALIVE_EXPIRY_S
 from switchyard.common.engines.generation_client import generation_client
 from switchyard.common.events import EventBus, make_redis
 from switchyard.common.keys import KeyStore
@@ -75,7 +76,8 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         purger = Purger(store, bus, temporal, retention_s=settings.retention_s, every_s=settings.purge_every_s,
                         requests=requests, request_log_retention_s=settings.request_log_retention_s)
         purger.start()
-        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), event_hooks=tracing.httpx_event_hooks())  # engines see traceparent
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(keepalive_expiry=ENGINE_KEEPALIVE_EXPIRY_S),
+                                 event_hooks=tracing.httpx_event_hooks())  # engines see traceparent
         v2 = V2Gateway(settings, catalog)
         v2.mirror = shadow = ShadowMirror(temporal, ShadowBudget(redis, settings.shadow_max_backlog), max_bytes=settings.shadow_max_bytes)
         shadow.start()
@@ -93,7 +95,7 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         llm_http = generation_client(settings.llm_engine_timeout_s)  # completions started here (docs/llm-speed.md)
         books = JobBookkeeping(store, bus, payload_keys, pii=pii, model_names=lambda: catalog.current.names)
         fast_starts = FastStarts(settings, books, llm_http, engine_breakers(settings.breaker_fail_max, settings.breaker_reset_s), backlog,
-                                 dispatcher.dispatch_soon)
+                                 dispatcher.dispatch_soon, catalog, shadow)
         grpc_server = await grpc_frontend.start_server(v2, settings.api_host, settings.grpc_port, settings.max_body_bytes, authorize_v2,
                                                     GrpcCalls(writer, grpc_frontend.OPEN_METHODS))
         app.state.resources = Resources(settings=settings, store=store, redis=redis, bus=bus, temporal=temporal, catalog=catalog,

@@ -11,8 +11,8 @@ from switchyard.common.catalog import CatalogHolder
 from switchyard.common.metrics import SHADOW_CASES
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.shadow.budget import ShadowBudget
-from switchyard.common.shadow.mirror import send
-from switchyard.common.shadow.spec import LlmCall, ShadowCase, ShadowOffer
+from switchyard.common.shadow.mirror import llm_case, send
+from switchyard.common.shadow.spec import ShadowOffer
 
 
 class ShadowOffers:
@@ -29,9 +29,4 @@ class ShadowOffers:
         if candidate is None:  # removed by a reload since the job was accepted
             SHADOW_CASES.labels(model=entry.name, outcome="failed").inc()
             return "failed"
-        result, usage, timings = out.result or {}, out.usage, out.timings
-        case = ShadowCase(case_id=spec.job_id, domain="llm", model=entry.name, candidate=candidate.name, candidate_spec=candidate.model_dump(mode="json"),
-                          request_id=spec.request_id, primary_ms=(timings.total_ms if timings and timings.total_ms else 0.0),
-                          llm=LlmCall(input=await self.books.job_input(spec), text=str(result.get("text", "")),
-                                      completion_tokens=usage.completion_tokens if usage else 0, ttft_ms=timings.ttft_ms if timings else None))
-        return await send(activity.client(), self.budget, case, self.max_bytes)
+        return await send(activity.client(), self.budget, llm_case(spec, out, entry, candidate, await self.books.job_input(spec)), self.max_bytes)

@@ -12,6 +12,7 @@ import httpx
 from switchyard.common import worker_main
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.db.shadow_store import ShadowStore
+from switchyard.common.engines.base import ENGINE_KEEPALIVE_EXPIRY_S
 from switchyard.common.http1 import Http1Client
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.shadow.budget import ShadowBudget
@@ -23,7 +24,7 @@ log = logging.getLogger("switchyard.worker_shadow")
 
 
 async def main(settings: ShadowWorkerSettings, catalog: CatalogHolder, keys: KeyRing) -> None:
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0))
+    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.engine_timeout_s, connect=5.0), limits=httpx.Limits(keepalive_expiry=ENGINE_KEEPALIVE_EXPIRY_S))
     v2 = {domain: Http1Client.for_url(up.http, timeout_s=settings.shadow_timeout_s) for domain, up in settings.v2_upstreams.items()}
     await worker_main.serve(
         settings, catalog, keys, log, workflows=[ShadowCompareWorkflow],

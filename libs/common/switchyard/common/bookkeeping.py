@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from switchyard.common import metrics
 from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus
+from switchyard.common.db.models import Job
 from switchyard.common.db.store import JobStore, engine_input
 from switchyard.common.events import EventBus, JobEnd
 from switchyard.common.payload_codec import KeyRing, sealed_result_context
@@ -91,7 +92,12 @@ class JobBookkeeping:
 
     @activity.defn(name="job.finish")
     async def finish(self, outcome: JobOutcome) -> None:
-        """Persist the final state first, then publish: a client that sees the end can read it.
+        await self.record_end(outcome)
+
+    async def record_end(self, outcome: JobOutcome) -> Job | None:
+        """``job.finish``; returns the job's row as it ended (None if it is gone).
+
+        Persist the final state first, then publish: a client that sees the end can read it.
         Before the end is published, the job's quotas are settled (both idempotent, so also when it had
         already ended): tokens it did not use go back to its key, its backlog place is freed.
 
@@ -102,13 +108,13 @@ class JobBookkeeping:
         await self.quotas.settle(outcome.job_id, outcome.usage.total_tokens if outcome.usage else 0)
         job = await self.store.get(uuid.UUID(outcome.job_id))
         if job is None:
-            return
+            return None
         await self.backlog.release(job.model, outcome.job_id)
         if finished:
             metrics.JOBS_FINISHED.labels(domain=job.domain, model=job.model, outcome=outcome.status.value).inc()
             await self.canary_outcome(job.model_spec, outcome)
         if job.purged_at is not None:
-            return  # erased meanwhile (purge): a stream published now would bring back what was erased
+            return job  # erased meanwhile (purge): a stream published now would bring back what was erased
         if job.status == outcome.status.value:
             end = JobEnd(status=outcome.status, result=outcome.result, error=outcome.error.model_dump() if outcome.error else None,
                          usage=outcome.usage.model_dump() if outcome.usage else None, timings=outcome.timings.model_dump() if outcome.timings else None,
@@ -116,3 +122,4 @@ class JobBookkeeping:
         else:  # it had ended otherwise (e.g. cancelled before it ran): that end is the one to tell
             end = JobEnd(status=JobStatus(job.status), error=job.error)
         await self.bus.ensure_end(outcome.job_id, end)
+        return job

@@ -66,15 +66,14 @@ def succeeded_outcome(spec: JobSpec, gen: LlmGeneration) -> JobOutcome:
 
 class Generation:
     """One attempt's engine work. ``on_oom`` is called after an OOM was counted in ``ooms`` (the
-    activity heartbeats it, so the retry reads it), ``on_first_token`` once the first token is out; errors are raised as the fallback raises them
+    activity heartbeats it, so the retry reads it); errors are raised as the fallback raises them
     (``EngineError``, ``NoEndpointAnswered``): the caller turns them into its own."""
 
     def __init__(self, entry: ModelEntry, inp: LlmInput, spec: JobSpec, publisher: TokenPublisher, *, http: httpx.AsyncClient,
                  breakers: BreakerBoard | None, ooms: OomState, oom_switch_after: int, on_oom: Callable[[], None] = lambda: None,
-                 on_first_token: Callable[[], None] = lambda: None, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+                 logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
         self.entry, self.inp, self.spec, self.publisher = entry, inp, spec, publisher
         self.http, self.breakers, self.ooms, self.oom_switch_after, self.on_oom, self.logger = http, breakers, ooms, oom_switch_after, on_oom, logger
-        self.on_first_token = on_first_token  # called once, after the first token was published
         self.first_token: list[float] = []
         # (start, end) of each engine stream: Timings.engine_ms, the platform's overhead being the rest.
         self.engine_spans: list[tuple[float, float]] = []
@@ -111,14 +110,11 @@ class Generation:
                     usage = chunk.usage
                 finish_reason = chunk.finish_reason or finish_reason
                 if chunk.text:
-                    first = not self.first_token
-                    if first:
+                    if not self.first_token:
                         self.first_token.append(time.time())
                     text.append(chunk.text)
                     attempt.produced_output = True
                     await self.publisher.token(choice, chunk.text, chunk.logprobs)
-                    if first:
-                        self.on_first_token()
         finally:  # counted however the stream ended (a chunk is a token when the engine does not say)
             self.engine_spans.append((engine_started, time.time()))
             self.generated.append(Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens or len(text)))

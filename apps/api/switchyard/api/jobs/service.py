@@ -122,9 +122,10 @@ async def cancel_job(res: Resources, job: Job) -> bool:
     if job.domain == "llm":  # a run the API started (fast start): stopped here at once, elsewhere at its next renewal
         await res.fast_starts.keys.request_cancel(str(job.id))
         res.fast_starts.cancel(str(job.id))
-    if await res.store.cancel_undispatched(job.id):
-        # Accepted but its workflow never started (orchestrator slow or down): end it here. If the
-        # outbox starts the workflow anyway, the activity finds the job ended and does nothing.
+    if await res.store.cancel_undispatched(job.id, running=job.domain == "llm"):
+        # Accepted but its workflow never started (orchestrator slow or down, or a completion the API
+        # runs itself, asked to stop above): end it here. If the outbox starts the workflow anyway,
+        # the activity finds the job ended and does nothing.
         await res.backlog.release(job.model, str(job.id))
         await res.quotas.settle(str(job.id), 0)  # it used no tokens
         await res.bus.ensure_end(str(job.id), JobEnd(status=JobStatus.cancelled))
@@ -135,6 +136,8 @@ async def cancel_job(res: Resources, job: Job) -> bool:
         if desc.status == WorkflowExecutionStatus.RUNNING:
             await handle.cancel(rpc_timeout=RPC_TIMEOUT)
     except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND and job.domain == "llm":
+            return False  # no workflow, and not undispatched: a run the API started ended meanwhile (its row holds the end)
         raise ApiError(503, "orchestrator_unavailable", "could not reach the orchestrator; retry", headers={"Retry-After": "1"}) from e
     return True
 

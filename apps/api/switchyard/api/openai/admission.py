@@ -77,7 +77,7 @@ def check_capabilities(entry: ModelEntry, inp: LlmInput) -> None:
 
 
 async def start_completion(res: Resources, caller: Principal, entry: ModelEntry, inp: LlmInput, x_priority: str | None, user: str | None,
-                           conn: HTTPConnection, *, streamed: bool) -> Job:
+                           conn: HTTPConnection) -> Job:
     """Check, admit and accept the completion's job, the caller tenant's (``X-Priority``, capped by
     the key's tier; the tier's priority without one). Admission reserves the caller's tokens per
     minute (prompt estimate + max_tokens) and a place in the model's backlog."""
@@ -101,11 +101,11 @@ async def start_completion(res: Resources, caller: Principal, entry: ModelEntry,
         await admission.undo()
         raise
     if created:
-        # Started here at once when the model's backlog is short (the run then dispatches the job's
-        # workflow, which adopts the run); else, or with Redis away, dispatched now.
+        # Started here at once when the model's backlog is short (fast_start); else, or with Redis
+        # away, dispatched now.
         started = False
         with contextlib.suppress(Exception):
-            started = await res.fast_starts.begin(row, entry, inp, streamed=streamed)
+            started = await res.fast_starts.begin(row, entry, inp)
         if not started:
             res.dispatcher.dispatch_soon(row)
     return row

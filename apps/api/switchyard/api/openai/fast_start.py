@@ -1,13 +1,16 @@
 """Fast start of completions: the API runs a completion's first attempt itself, at once, when its
 model's backlog is short (switchyard.common.fast_start; docs/llm-speed.md).
 
-The job is accepted (row committed) and its workflow started as always; only the wait for Temporal
-to hand it to a worker goes. The run publishes into the job's events as an activity would (so the
-OpenAI rendering, SSE and WebSocket clients see no difference), records the job's end as
-``job.finish`` would (the workflow's own finish then finds it done), and leaves its end record for
-the workflow's activity, which adopts it. A run that stops without one (shutdown, a lost lease) is
-taken over by a worker within the lease; a cancel (client gone, DELETE) stops it at once here, or at
-its next renewal from any other process.
+The job is accepted (row committed) as always; the run publishes into the job's events as an
+activity would (so the OpenAI rendering, SSE and WebSocket clients see no difference) and records
+the job's end as ``job.finish`` would. A run that succeeds needs no workflow at all: the job's row
+holds its end, and Temporal's work (a workflow, two activities) would only compete with the next
+requests for the CPU; where its model has a shadow, the run samples and offers the shadow its copy as
+the workflow would (docs/shadow.md). Any other run hands its job to the outbox, whose workflow adopts the run's end
+record (an error to retry, a cancel to record) or, with none, takes the run over. The outbox's
+sweeper also dispatches a run still going after its grace (a long stream, or an API that died
+mid-run): its workflow waits for the run's end, or takes the run over within the lease. A cancel
+(client gone, DELETE) stops the run at once here, or at its next renewal from any other process.
 
 Priority: the queue is skipped only while the model has at most ``llm_fast_start_max_backlog``
 unfinished jobs (then there is no queue to order); beyond that every completion queues by priority.
@@ -28,8 +31,10 @@ from switchyard.api.settings import ApiSettings
 from switchyard.common import metrics
 from switchyard.common.bookkeeping import JobBookkeeping
 from switchyard.common.breaker import BreakerBoard
-from switchyard.common.contracts import JobSpec, JobStatus, LlmInput
+from switchyard.common.catalog import CatalogHolder
+from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus, LlmInput
 from switchyard.common.db.models import Job
+from switchyard.common.db.store import engine_input
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.fallback import NoEndpointAnswered
 from switchyard.common.events import EventBus
@@ -38,6 +43,7 @@ from switchyard.common.llm_generation import Generation, OomState, succeeded_out
 from switchyard.common.model_registry import ModelEntry
 from switchyard.common.quotas import Backlog
 from switchyard.common.request_log import CURRENT_REQUEST_ID
+from switchyard.common.shadow.mirror import ShadowMirror, llm_case, sampled
 from switchyard.common.token_publisher import TokenPublisher
 
 log = logging.getLogger("switchyard.api.fast_start")
@@ -47,20 +53,19 @@ class FastStarts:
     """This API process's runs (job id → task)."""
 
     def __init__(self, settings: ApiSettings, books: JobBookkeeping, http: httpx.AsyncClient, breakers: BreakerBoard, backlog: Backlog,
-                 dispatch: Callable[[Job], None]) -> None:
+                 dispatch: Callable[[Job], None], catalog: CatalogHolder, shadow: ShadowMirror) -> None:
         self.settings, self.books, self.http, self.breakers, self.backlog = settings, books, http, breakers, backlog
         self.dispatch = dispatch  # the outbox's dispatch_soon: starts the job's workflow
+        self.catalog, self.shadow = catalog, shadow
         self.bus: EventBus = books.bus
         self.keys = FastStartKeys(self.bus.redis, self.bus.ttl_s)
         self.runs: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()  # runs stopped for the job's cancel (not for a shutdown)
 
-    async def begin(self, job: Job, entry: ModelEntry, inp: LlmInput, *, streamed: bool) -> bool:
+    async def begin(self, job: Job, entry: ModelEntry, inp: LlmInput) -> bool:
         """Start the job's first attempt here if its model's backlog is short; True if it started
-        (then the job's stream already holds ``queued`` and ``running``, and the run dispatches the
-        job's workflow: after its first token when ``streamed``, else after its end, so Temporal's work
-        never competes with the client's wait. A run that dies first leaves the row undispatched: the
-        outbox's sweeper dispatches it within its grace, and the workflow takes the run over)."""
+        (then the job's stream already holds ``queued`` and ``running``; the run dispatches the job
+        unless it succeeds)."""
         s = self.settings
         if s.llm_fast_start_max_backlog == 0:
             return False
@@ -82,7 +87,7 @@ class FastStarts:
             await self.keys.end(job_id, token, None)  # a worker runs it
             raise
         assert ids is not None
-        self.runs[job_id] = asyncio.create_task(self._run(job, spec, entry, inp, token, ids[-1], streamed))
+        self.runs[job_id] = asyncio.create_task(self._run(job, spec, entry, inp, token, ids[-1]))
         return True
 
     def cancel(self, job_id: str) -> None:
@@ -92,22 +97,14 @@ class FastStarts:
             self._cancelled.add(job_id)
             task.cancel()
 
-    async def _run(self, job: Job, spec: JobSpec, entry: ModelEntry, inp: LlmInput, token: str, running_id: str, streamed: bool) -> None:
+    async def _run(self, job: Job, spec: JobSpec, entry: ModelEntry, inp: LlmInput, token: str, running_id: str) -> None:
         job_id, started = spec.job_id, time.time()
-        dispatched: list[bool] = []
-
-        def dispatch() -> None:
-            if not dispatched:
-                dispatched.append(True)
-                self.dispatch(job)
-
         CURRENT_REQUEST_ID.set(spec.request_id)  # the engine calls send it (X-Request-Id)
         metrics.observe_queue_time("llm", spec, started)
         marked = asyncio.create_task(self.books.store.mark_running(job_id))  # attempt 1
         ooms = OomState(None)
         generation = Generation(entry, inp, spec, TokenPublisher(self.bus, job_id, 1, {}, last_id=running_id), http=self.http,
-                                breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after,
-                                on_first_token=dispatch if streamed else lambda: None, logger=log)
+                                breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after, logger=log)
         end: RunEnd | None = None
         lease = asyncio.create_task(self._keep_lease(job_id, token, asyncio.current_task()))
         try:
@@ -115,8 +112,11 @@ class FastStarts:
             if await marked is None:  # the job ended meanwhile (cancelled before it ran): nothing to record
                 end = RunEnd(outcome="cancelled")
             elif await self.keys.renew(job_id, token) == "held":  # still this run's: no worker took over
-                await self.books.finish(succeeded_outcome(spec, gen))  # the row, the quotas, the end event
+                outcome = succeeded_outcome(spec, gen)
+                ended = await self.books.record_end(outcome)  # the row, the quotas, the end event
                 end = RunEnd(outcome="succeeded", generation=gen)
+                if ended is not None and ended.dispatched_at is None:  # no workflow to sample it (the sweeper's, for a long run, does)
+                    self._offer_shadow(spec, outcome, entry, job)
         except asyncio.CancelledError:
             # For the job's cancel: a record (the workflow records the cancel); for a shutdown or a
             # lost lease: none (a worker takes over now).
@@ -129,7 +129,8 @@ class FastStarts:
         except Exception as e:  # the stream, Redis, the database: the worker's attempt runs it again
             log.warning("fast start failed; a worker runs the job", extra={"fields": {"job_id": job_id, "error": repr(e)}})
         finally:
-            dispatch()
+            if end is None or end.outcome != "succeeded":
+                self.dispatch(job)  # its workflow retries, takes over or records the cancel
             metrics.FAST_STARTS.labels(model=spec.model, outcome=end.outcome if end is not None else "handed_over").inc()
             lease.cancel()
             marked.cancel()
@@ -137,6 +138,17 @@ class FastStarts:
             self._cancelled.discard(job_id)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.keys.end(job_id, token, end))
+
+    def _offer_shadow(self, spec: JobSpec, outcome: JobOutcome, entry: ModelEntry, job: Job) -> None:
+        """Sampled as the workflow samples: the case goes to the shadow queue after the answer (counted)."""
+        if not sampled(entry.shadow):
+            return
+        assert entry.shadow is not None
+        candidate = self.catalog.current.registry.get(entry.shadow.candidate)
+        if candidate is None:  # removed by a reload since the job was accepted
+            metrics.SHADOW_CASES.labels(model=entry.name, outcome="failed").inc()
+            return
+        self.shadow.offer(llm_case(spec, outcome, entry, candidate, engine_input(job, self.books.keys)))
 
     async def _keep_lease(self, job_id: str, token: str, run: asyncio.Task[None] | None) -> None:
         """Renew the run's lease; stop the run when it lapsed (a worker may run the job now) or the job's cancel was asked."""

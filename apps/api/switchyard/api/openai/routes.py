@@ -58,7 +58,7 @@ async def _start(res: Resources, caller: Principal, request: Request, entry: Mod
     """Accept the completion's job; a streamed one first takes one of the key's stream slots."""
     lease = await open_stream(res, caller) if stream else None
     try:
-        return await start_completion(res, caller, entry, inp, x_priority, user, request, streamed=stream), lease
+        return await start_completion(res, caller, entry, inp, x_priority, user, request), lease
     except BaseException:
         if lease is not None:
             await lease.release()

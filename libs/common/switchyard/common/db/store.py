@@ -84,18 +84,22 @@ class JobStore:
             await s.execute(update(Job).where(Job.id == job_id).values(dispatched_at=func.now()))
 
     async def undispatched(self, older_than_s: float, limit: int) -> list[Job]:
-        """Accepted jobs whose workflow start has not been confirmed for a while (oldest first)."""
+        """Accepted jobs whose workflow start has not been confirmed for a while (oldest first): queued
+        ones, and running ones (a completion the API started itself, still going or left by an API
+        that died: switchyard.api.openai.fast_start). An ended job needs no workflow."""
         cutoff = func.now() - dt.timedelta(seconds=older_than_s)
-        q = (select(Job).where(Job.dispatched_at.is_(None), Job.status == JobStatus.queued.value, Job.created_at < cutoff)
+        q = (select(Job).where(Job.dispatched_at.is_(None), Job.status.in_(_NOT_TERMINAL), Job.created_at < cutoff)
              .order_by(Job.created_at).limit(limit))
         async with self.sessions() as s:
             return list((await s.execute(q)).scalars())
 
-    async def cancel_undispatched(self, job_id: uuid.UUID) -> bool:
-        """Cancel a job whose workflow was never started; False if it was dispatched or ended."""
+    async def cancel_undispatched(self, job_id: uuid.UUID, *, running: bool = False) -> bool:
+        """Cancel a job whose workflow was never started; False if it was dispatched or ended.
+        ``running``: also one already running (a completion the API runs itself, which stops on its own)."""
+        statuses = _NOT_TERMINAL if running else [JobStatus.queued.value]
         stmt = (
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued.value, Job.dispatched_at.is_(None))
+            .where(Job.id == job_id, Job.status.in_(statuses), Job.dispatched_at.is_(None))
             .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now(), input_sealed=None)
             .returning(*_REQUEST_OF_JOB)
         )

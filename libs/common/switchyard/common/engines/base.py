@@ -17,6 +17,11 @@ import httpx
 
 from switchyard.common.contracts import LlmInput, Usage
 
+# Engine servers close a connection idle for 5 s (llama.cpp's HTTP library, vLLM's uvicorn): a client
+# that keeps one as long (httpx's default) may reuse it just as the server closes it, and that request
+# fails — the soak's embeddings, sent every 5 s, did (docs/soak.md). Engine clients drop theirs sooner.
+ENGINE_KEEPALIVE_EXPIRY_S = 2.0
+
 
 @dataclass
 class Chunk:

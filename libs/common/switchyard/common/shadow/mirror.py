@@ -2,8 +2,9 @@
 task queue, at the lowest priority, within the platform-wide budget (switchyard.common.shadow.budget).
 
 The API (realtime V2 requests) hands cases to ``ShadowMirror.offer``, which only queues them in
-memory: the Temporal call happens in a background task, after the client has its answer. The LLM
-worker sends its cases from an activity after the job has ended (``send``). Every case ends in one
+memory: the Temporal call happens in a background task, after the client has its answer; so do the
+API's own runs of completions (fast start). The LLM worker sends its cases from an activity after the
+job has ended (``send``). Every case ends in one
 outcome of ``switchyard_shadow_cases`` (docs/metrics.md): mirrored, or dropped and why.
 """
 
@@ -15,14 +16,17 @@ import logging
 import random
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import Priority, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from switchyard.common.contracts import JobOutcome, JobSpec
 from switchyard.common.metrics import SHADOW_CASES
+from switchyard.common.model_registry import ModelEntry
 from switchyard.common.shadow.budget import ShadowBudget
-from switchyard.common.shadow.spec import SHADOW_PRIORITY, SHADOW_QUEUE, SHADOW_WORKFLOW, ShadowCase, ShadowSpec
+from switchyard.common.shadow.spec import SHADOW_PRIORITY, SHADOW_QUEUE, SHADOW_WORKFLOW, LlmCall, ShadowCase, ShadowSpec
 
 log = logging.getLogger("switchyard.shadow")
 
@@ -37,6 +41,15 @@ def sampled(shadow: ShadowSpec | None) -> bool:
 
 def new_case_id() -> str:
     return uuid.uuid4().hex
+
+
+def llm_case(spec: JobSpec, outcome: JobOutcome, entry: ModelEntry, candidate: ModelEntry, engine_input: dict[str, Any]) -> ShadowCase:
+    """A finished LLM job's case: what the primary engine got (after the model's PII policy), its answer and timings."""
+    result, usage, timings = outcome.result or {}, outcome.usage, outcome.timings
+    return ShadowCase(case_id=spec.job_id, domain="llm", model=entry.name, candidate=candidate.name, candidate_spec=candidate.model_dump(mode="json"),
+                      request_id=spec.request_id, primary_ms=(timings.total_ms if timings and timings.total_ms else 0.0),
+                      llm=LlmCall(input=engine_input, text=str(result.get("text", "")), completion_tokens=usage.completion_tokens if usage else 0,
+                                  ttft_ms=timings.ttft_ms if timings else None))
 
 
 def case_bytes(case: ShadowCase) -> int:
