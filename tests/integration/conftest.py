@@ -4,6 +4,7 @@ pytest process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from fault_proxy import FaultProxy  # pants: no-infer-dep (a test util beside conftest.py)
 from otlp_receiver import OtlpReceiver  # pants: no-infer-dep (a test util beside conftest.py)
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from tritonclient.utils import InferenceServerException
 
 from switchyard.devstack.client import Event, JobClient
@@ -239,6 +242,20 @@ def expect_error(fn: Any, status: str, text: str) -> None:
         fn()
     assert exc.value.status() == status, (exc.value.status(), exc.value.message())
     assert text in (exc.value.message() or ""), exc.value.message()
+
+
+def workflow_status(stack: Stack, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """A workflow's status on the stack's Temporal server; None when there is none."""
+    async def describe() -> WorkflowExecutionStatus | None:
+        client = await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}")
+        try:
+            return (await client.get_workflow_handle(workflow_id).describe()).status
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
+    return asyncio.run(describe())
 
 
 def eventually(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:

@@ -4,7 +4,6 @@ API killed mid-run: test_resilience.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -13,9 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
-from conftest import eventually  # pants: no-infer-dep
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from conftest import eventually, workflow_status  # pants: no-infer-dep
+from temporalio.client import WorkflowExecutionStatus
 
 from switchyard.devstack.client import JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
@@ -42,20 +40,6 @@ def worker_stopped(stack: Stack) -> Iterator[Callable[[], None]]:
         thaw()
 
 
-def _workflow_status(stack: Stack, job_id: str) -> WorkflowExecutionStatus | None:
-    """The job's workflow's status; None when it has none."""
-    async def describe() -> WorkflowExecutionStatus | None:
-        client = await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}")
-        try:
-            return (await client.get_workflow_handle(job_id).describe()).status
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-
-    return asyncio.run(describe())
-
-
 def _fast_starts(stack: Stack, outcome: str) -> float:
     """``switchyard_llm_fast_starts_total`` of the test model on the API's /metrics page."""
     page = httpx.get(f"http://127.0.0.1:{stack.cfg.api_metrics_port}/metrics", timeout=5).text
@@ -79,7 +63,7 @@ def test_a_completion_runs_in_the_api_while_no_worker_takes_tasks_and_needs_no_w
         assert job["status"] == "succeeded" and job["attempts"] == 1 and job["usage"]["completion_tokens"] == 12
         eventually(lambda: _fast_starts(stack, "succeeded") == before + 1, "the API's run counted as succeeded", 10)
     time.sleep(3.5)  # past the outbox's grace (2 s) and a sweep: an ended job is never dispatched
-    assert _workflow_status(stack, job_id) is None
+    assert workflow_status(stack, job_id) is None
     events = list(client.events(job_id))
     assert [e.data for e in events if e.type == "status"] == [{"status": "queued"}, {"status": "running", "attempt": 1}, {"status": "succeeded"}]
     assert visible_text(events) == answer == client.get(job_id)["result"]["text"]
@@ -93,11 +77,11 @@ def test_a_run_still_going_after_the_outbox_grace_gets_a_workflow_that_adopts_it
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data: {"))  # the API's run streams
         # The sweeper starts the running job's workflow after the grace; with the worker frozen it waits for a task.
-        eventually(lambda: _workflow_status(stack, job_id) == WorkflowExecutionStatus.RUNNING, "the sweeper dispatched the running job", 15)
+        eventually(lambda: workflow_status(stack, job_id) == WorkflowExecutionStatus.RUNNING, "the sweeper dispatched the running job", 15)
         assert client.get(job_id)["status"] == "running"  # still the API's run (a long stream)
         thaw()  # the worker's activity finds the API's lease held and waits for its end record
         assert "data: [DONE]" in list(lines)
-    eventually(lambda: _workflow_status(stack, job_id) == WorkflowExecutionStatus.COMPLETED, "the workflow adopted the run's end", 60)
+    eventually(lambda: workflow_status(stack, job_id) == WorkflowExecutionStatus.COMPLETED, "the workflow adopted the run's end", 60)
     job = client.get(job_id)
     assert job["status"] == "succeeded" and job["attempts"] == 1 and job["usage"]["completion_tokens"] == 400  # no second generation
     events = list(client.events(job_id))
@@ -112,8 +96,8 @@ def test_deleting_a_run_the_api_started_ends_it_at_once_and_nothing_runs_it_late
         job_id = r.headers["x-switchyard-job-id"]
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data: {"))
-        assert client.get(job_id)["status"] == "running"  # the fault's target: in flight, the API's own run, no workflow yet
-        assert _workflow_status(stack, job_id) is None
+        eventually(lambda: client.get(job_id)["status"] == "running", "the run marked running", 10)  # its row's update trails its first token
+        assert workflow_status(stack, job_id) is None  # the fault's target: in flight, the API's own run, no workflow yet
         d = httpx.delete(f"{stack.ingress}/v1/jobs/{job_id}", headers=auth, timeout=10)
         assert d.status_code == 202, d.text
         assert d.json()["status"] == "cancelled"
@@ -124,7 +108,7 @@ def test_deleting_a_run_the_api_started_ends_it_at_once_and_nothing_runs_it_late
     assert job["status"] == "cancelled" and job["attempts"] == 1, job
     tokens = [e for e in client.events(job_id) if e.type == "token"]
     assert 0 < len(tokens) < 400  # the engine stopped midway
-    assert _workflow_status(stack, job_id) in (None, WorkflowExecutionStatus.COMPLETED)  # started only to read the run's cancel record
+    assert workflow_status(stack, job_id) in (None, WorkflowExecutionStatus.COMPLETED)  # started only to read the run's cancel record
 
 
 def test_over_the_backlog_a_completion_waits_its_turn_in_the_queue(stack: Stack, client: JobClient, auth: dict[str, str]) -> None:

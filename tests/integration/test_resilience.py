@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
+from conftest import eventually, workflow_status  # pants: no-infer-dep
 
 from switchyard.devstack.client import Event, JobClient, llm_job, visible_text
 from switchyard.devstack.stack import Stack
@@ -100,6 +103,44 @@ def test_api_sigkill_mid_fast_started_completion_hands_the_run_to_a_worker_witho
     assert [e.data["index"] for e in events if e.type == "token"] == list(range(300))
     assert not [e for e in events if e.type == "reset"]
     assert visible_text(events) == job["result"]["text"] and job["usage"]["completion_tokens"] == 300
+
+
+def test_api_sigkill_mid_non_streamed_fast_started_completion_is_swept_to_a_worker(stack: Stack) -> None:
+    """A non-streamed completion the API runs itself has no workflow until it ends; the API dies
+    mid-run: the restarted API's outbox sweeper dispatches the running job and a worker takes it over."""
+    key = stack.create_key("sigkill-non-streamed")
+    client, auth = JobClient(stack.ingress, key=key), {"Authorization": f"Bearer {key}"}
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Tell me about ships."}], "max_tokens": 300, "ignore_eos": True,
+            "seed": 17}
+    pool = ThreadPoolExecutor(1)
+    answer = pool.submit(httpx.post, stack.ingress + "/v1/chat/completions", json=body, headers=auth, timeout=60)
+    running: list[dict[str, Any]] = []
+
+    def started() -> bool:
+        running[:] = httpx.get(stack.ingress + "/v1/jobs", params={"status": "running", "domain": "llm"}, headers=auth, timeout=5).json()["data"]
+        return bool(running)
+
+    eventually(started, "the API's run started", 30)
+    job_id = running[0]["id"]
+    time.sleep(0.5)  # generating (300 tokens take seconds), well within the outbox's 2 s grace
+    api = stack.procs["api"]
+    api.kill()  # kill -9 mid-run
+    assert not api.alive()
+    assert workflow_status(stack, job_id) is None  # the fault took hold: a running job nobody will finish but the sweeper
+    try:
+        assert answer.result().status_code >= 500  # the client's call died with the API
+    except httpx.HTTPError:
+        pass
+    api.start()
+    api.wait_ready()
+    events: list[Event] = list(client.events(job_id))
+    job = client.get(job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job  # the API's run, then the worker's take-over
+    kinds = [("attempt", e.data["attempt"]) if e.type == "status" and "attempt" in e.data else e.type for e in events]
+    assert kinds.index(("attempt", 2)) > kinds.index("token")  # tokens of the API's run came before the take-over
+    assert [e.data["index"] for e in events if e.type == "token"] == list(range(300))
+    assert visible_text(events) == job["result"]["text"] and job["usage"]["completion_tokens"] == 300
+    pool.shutdown()
 
 
 def test_high_priority_overtakes_a_queued_low_priority_backlog(stack: Stack, gold_key: str) -> None:

@@ -34,7 +34,7 @@ from switchyard.common.breaker import BreakerBoard
 from switchyard.common.catalog import CatalogHolder
 from switchyard.common.contracts import JobOutcome, JobSpec, JobStatus, LlmInput
 from switchyard.common.db.models import Job
-from switchyard.common.db.store import engine_input
+from switchyard.common.db.store import ended_undispatched, engine_input
 from switchyard.common.engines.base import EngineError
 from switchyard.common.engines.fallback import NoEndpointAnswered
 from switchyard.common.events import EventBus
@@ -115,7 +115,7 @@ class FastStarts:
                 outcome = succeeded_outcome(spec, gen)
                 ended = await self.books.record_end(outcome)  # the row, the quotas, the end event
                 end = RunEnd(outcome="succeeded", generation=gen)
-                if ended is not None and ended.dispatched_at is None:  # no workflow to sample it (the sweeper's, for a long run, does)
+                if ended is not None and ended_undispatched(ended):  # no workflow to sample it (the sweeper's, for a long run, does)
                     self._offer_shadow(spec, outcome, entry, job)
         except asyncio.CancelledError:
             # For the job's cancel: a record (the workflow records the cancel); for a shutdown or a

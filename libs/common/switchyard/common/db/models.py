@@ -39,7 +39,8 @@ class Job(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Set once the job's workflow exists (transactional outbox: see docs/architecture.md).
+    # Set once the job's workflow exists, or when it ended without one (transactional outbox: see
+    # docs/architecture.md); the outbox's sweeper looks only at rows without it.
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

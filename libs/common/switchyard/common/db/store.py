@@ -100,7 +100,7 @@ class JobStore:
         stmt = (
             update(Job)
             .where(Job.id == job_id, Job.status.in_(statuses), Job.dispatched_at.is_(None))
-            .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now(), input_sealed=None)
+            .values(status=JobStatus.cancelled.value, dispatched_at=func.now(), finished_at=func.now(), updated_at=func.now(), input_sealed=None)
             .returning(*_REQUEST_OF_JOB)
         )
         async with self.sessions.begin() as s:
@@ -136,6 +136,9 @@ class JobStore:
                 usage=outcome.usage.model_dump() if outcome.usage else None,
                 timings=outcome.timings.model_dump() if outcome.timings else None,
                 input_sealed=None,  # the engine's input is not needed any more
+                # An ended job needs no workflow any more: out of the outbox's index (a completion the
+                # API ran itself ends without one; then dispatched_at == finished_at: ended_undispatched).
+                dispatched_at=func.coalesce(Job.dispatched_at, func.now()),
                 finished_at=func.now(),
                 updated_at=func.now(),
             )
@@ -174,6 +177,11 @@ class JobStore:
 
 
 # What the end of a job needs to complete its request's row.
+def ended_undispatched(job: Job) -> bool:
+    """Whether the job ended without the outbox ever starting its workflow (its end marked it done: ``finish``)."""
+    return job.finished_at is not None and job.dispatched_at == job.finished_at
+
+
 _REQUEST_OF_JOB = (Job.id, Job.tenant, Job.model, Job.priority, Job.attempts, Job.request_id, Job.request_family, Job.created_at, Job.model_spec)
 
 # Columns of a request row the API's writer owns; the rest, for a job, the job's end owns.

@@ -19,8 +19,9 @@ from switchyard.common.contracts import LlmInput, Usage
 
 # Engine servers close a connection idle for 5 s (llama.cpp's HTTP library, vLLM's uvicorn): a client
 # that keeps one as long (httpx's default) may reuse it just as the server closes it, and that request
-# fails — the soak's embeddings, sent every 5 s, did (docs/soak.md). Engine clients drop theirs sooner.
-ENGINE_KEEPALIVE_EXPIRY_S = 2.0
+# fails (the soak sends embeddings every 5 s). Engine clients drop theirs a second sooner, no more: at
+# 2 s, reconnecting cost the chat lane +27 ms TTFT in `bench ab` (docs/llm-speed.md).
+ENGINE_KEEPALIVE_EXPIRY_S = 4.0
 
 
 @dataclass
