@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from switchyard.devstack.stack import Stack, StackConfig, vllm_dirs
+from switchyard.devstack.stack import Stack, StackConfig, fresh_database, vllm_dirs
 from switchyard_bench import ab, capacity, llm, pii, recsys, shadow, soak, submit, temporal_hop, ttft, vision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +92,7 @@ def _config(postgres_dsn: str, **kw: Any) -> StackConfig:
 
 
 def _on_stack(cfg: StackConfig, run: Callable[[Stack], None]) -> None:
+    fresh_database(cfg.postgres_dsn, cfg.redis_url)  # nothing left by an earlier run (its unfinished jobs fill the backlog)
     stack = Stack(cfg)
     stack.start()
     try:

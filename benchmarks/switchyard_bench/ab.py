@@ -44,7 +44,7 @@ from switchyard.devstack.client import llm_job
 from switchyard.devstack.keys import DEV_SCOPES, DEV_TENANT
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.procs import Proc, free_port, http_ready
-from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal
+from switchyard.devstack.stack import LLM_MODEL, Stack, find_temporal, fresh_database
 from switchyard_bench.stats import RESULTS, cpu_model, first_token_ms, median_ci, pct
 from switchyard_bench.vision import v2_grpc, v2_http
 
@@ -107,6 +107,7 @@ def start_baseline(stack: Stack, tree: Path) -> dict[str, int]:
 
     api_env = env_of("api", SWITCHYARD_API_PORT=str(ports["api"]), SWITCHYARD_GRPC_PORT=str(ports["api_grpc"]),
                      SWITCHYARD_V2_UPSTREAMS=json.dumps({"vision": {"http": f"http://127.0.0.1:{ports['vision_http']}"}}))
+    fresh_database(dsn.render_as_string(hide_password=False), stack.cfg.redis_url)  # nothing left by an earlier run
     subprocess.run([sys.executable, "-m", "switchyard.common.db.migrate"], env=api_env, check=True)
     asyncio.run(_share_dev_key(dsn.render_as_string(hide_password=False), stack))
     logs = stack.cfg.state_dir / "logs"

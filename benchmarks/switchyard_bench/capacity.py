@@ -40,7 +40,7 @@ import uvloop
 from sqlalchemy.engine import make_url
 
 from switchyard.devstack.procs import free_port
-from switchyard.devstack.stack import Stack, StackConfig
+from switchyard.devstack.stack import Stack, StackConfig, fresh_database
 from switchyard_bench import cpu
 from switchyard_bench.llm import start_litellm, stop_litellm
 from switchyard_bench.stats import RESULTS, cpu_model, pct, started_server
@@ -305,6 +305,7 @@ def run(make_config: Callable[[int], StackConfig]) -> None:
         standin, standin_url = start_standin(cfg.state_dir)
         try:
             cfg.catalog_overlays.append(overlay(cfg.state_dir, standin_url))
+            fresh_database(cfg.postgres_dsn, cfg.redis_url)  # nothing left by an earlier run
             stack = Stack(cfg)
             stack.start()
             try:

@@ -243,6 +243,20 @@ def render_nginx(cfg: StackConfig) -> Path:
     return out
 
 
+def fresh_database(dsn: str, redis_url: str) -> None:
+    """Drop a (benchmark) database and the Redis state namespaced by its name (per-model backlogs,
+    canary outcomes), so a run starts from nothing: jobs a run left unfinished were dispatched to a
+    Temporal server that is gone, and their backlog places would never be given back."""
+    drop_database(dsn)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for pattern in (f"switchyard:backlog:{make_url(dsn).database}:*", f"switchyard:canary:{make_url(dsn).database}:*"):
+            for key in r.scan_iter(match=pattern, count=500):
+                r.delete(key)
+    finally:
+        r.close()
+
+
 def drop_database(dsn: str) -> None:
     """Drop a (test) database, disconnecting whoever still uses it."""
     from sqlalchemy import text

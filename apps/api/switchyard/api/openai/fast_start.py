@@ -106,6 +106,7 @@ class FastStarts:
         generation = Generation(entry, inp, spec, TokenPublisher(self.bus, job_id, 1, {}, last_id=running_id), http=self.http,
                                 breakers=self.breakers, ooms=ooms, oom_switch_after=self.settings.llm_oom_switch_after, logger=log)
         end: RunEnd | None = None
+        workflowless = False  # succeeded with no workflow started: no one will read an end record
         lease = asyncio.create_task(self._keep_lease(job_id, token, asyncio.current_task()))
         try:
             gen = await generation.run(started)
@@ -115,7 +116,8 @@ class FastStarts:
                 outcome = succeeded_outcome(spec, gen)
                 ended = await self.books.record_end(outcome)  # the row, the quotas, the end event
                 end = RunEnd(outcome="succeeded", generation=gen)
-                if ended is not None and ended_undispatched(ended):  # no workflow to sample it (the sweeper's, for a long run, does)
+                workflowless = ended is not None and ended_undispatched(ended)
+                if workflowless:  # no workflow to sample it (the sweeper's, for a long run, does)
                     self._offer_shadow(spec, outcome, entry, job)
         except asyncio.CancelledError:
             # For the job's cancel: a record (the workflow records the cancel); for a shutdown or a
@@ -137,7 +139,8 @@ class FastStarts:
             self.runs.pop(job_id, None)
             self._cancelled.discard(job_id)
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.keys.end(job_id, token, end))
+                # No record without a workflow (a workflow the sweeper starts meanwhile finds the job ended).
+                await asyncio.shield(self.keys.end(job_id, token, None if workflowless else end))
 
     def _offer_shadow(self, spec: JobSpec, outcome: JobOutcome, entry: ModelEntry, job: Job) -> None:
         """Sampled as the workflow samples: the case goes to the shadow queue after the answer (counted)."""
