@@ -153,12 +153,13 @@ class Chaos:
 
     def workload(self, *, llm: int = 3, vllm: int = 0, vision: int = 2, recsys: int = 2, bad: int = 1) -> list[Tracked]:
         """Jobs in flight in every domain, each followed: LLM streams first (they run longest), then
-        vision and recsys batches once tokens flow, so that all are running when the fault comes."""
+        recsys and vision batches once tokens flow, so that all are running when the fault comes
+        (vision last: its batches are the shortest, well under a second each)."""
         started = [self.llm() for _ in range(llm)] + [self.llm(VLLM_MODEL, 300) for _ in range(vllm)]
         wait_until(lambda: all(t.follower.tokens() >= 8 for t in started), "tokens flowing on every LLM stream", 90)
-        batch = [self.submit(vision_job(32)) for _ in range(vision)] + [self.submit(bad_vision_job(), "failed") for _ in range(bad)]
         self._seq += 1
-        batch += [self.submit(recsys_job(self._seq * 397, 400)) for _ in range(recsys)]
+        batch = [self.submit(recsys_job(self._seq * 397, 400)) for _ in range(recsys)]
+        batch += [self.submit(vision_job(32)) for _ in range(vision)] + [self.submit(bad_vision_job(), "failed") for _ in range(bad)]
         wait_until(lambda: all(t.follower.saw(lambda e: e.type in ("progress", "result") or is_end(e)) for t in batch if t.expect == "succeeded"),
                    "vision and recsys jobs running", 60)
         return started + batch
