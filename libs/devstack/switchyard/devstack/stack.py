@@ -248,9 +248,10 @@ def fresh_database(dsn: str, redis_url: str) -> None:
     canary outcomes), so a run starts from nothing: jobs a run left unfinished were dispatched to a
     Temporal server that is gone, and their backlog places would never be given back."""
     drop_database(dsn)
+    namespace = make_url(dsn).database
     r = redis.Redis.from_url(redis_url)
     try:
-        for pattern in (f"switchyard:backlog:{make_url(dsn).database}:*", f"switchyard:canary:{make_url(dsn).database}:*"):
+        for pattern in (f"switchyard:backlog:{namespace}:*", f"switchyard:canary:{namespace}:*"):
             for key in r.scan_iter(match=pattern, count=500):
                 r.delete(key)
     finally:

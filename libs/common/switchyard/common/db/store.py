@@ -176,12 +176,12 @@ class JobStore:
         return ids
 
 
-# What the end of a job needs to complete its request's row.
 def ended_undispatched(job: Job) -> bool:
     """Whether the job ended without the outbox ever starting its workflow (its end marked it done: ``finish``)."""
     return job.finished_at is not None and job.dispatched_at == job.finished_at
 
 
+# What the end of a job needs to complete its request's row.
 _REQUEST_OF_JOB = (Job.id, Job.tenant, Job.model, Job.priority, Job.attempts, Job.request_id, Job.request_family, Job.created_at, Job.model_spec)
 
 # Columns of a request row the API's writer owns; the rest, for a job, the job's end owns.
