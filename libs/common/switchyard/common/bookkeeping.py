@@ -106,11 +106,11 @@ class JobBookkeeping:
         finished row and still publishes the end, once (``EventBus.ensure_end``)."""
         finished = await self.store.finish(*await self.stored_outcome(outcome))
         await self.quotas.settle(outcome.job_id, outcome.usage.total_tokens if outcome.usage else 0)
-        job = await self.store.get(uuid.UUID(outcome.job_id))
+        job = finished or await self.store.get(uuid.UUID(outcome.job_id))  # ended before: as it ended then
         if job is None:
             return None
         await self.backlog.release(job.model, outcome.job_id)
-        if finished:
+        if finished is not None:
             metrics.JOBS_FINISHED.labels(domain=job.domain, model=job.model, outcome=outcome.status.value).inc()
             await self.canary_outcome(job.model_spec, outcome)
         if job.purged_at is not None:

@@ -122,9 +122,10 @@ class JobStore:
             row = (await s.execute(stmt)).first()
             return None if row is None else int(row[0])
 
-    async def finish(self, outcome: JobOutcome, result_sealed: bytes | None = None) -> bool:
+    async def finish(self, outcome: JobOutcome, result_sealed: bytes | None = None) -> Job | None:
         """Record the end of a job (``result_sealed``: the engine's answer, encrypted, when
-        ``outcome.result`` is its redacted copy); False if it had already ended (nothing changed)."""
+        ``outcome.result`` is its redacted copy); the row as it ended (no second read), or None if
+        it had already ended (nothing changed) or is gone."""
         stmt = (
             update(Job)
             .where(Job.id == uuid.UUID(outcome.job_id), Job.status.in_(_NOT_TERMINAL))
@@ -142,14 +143,14 @@ class JobStore:
                 finished_at=func.now(),
                 updated_at=func.now(),
             )
-            .returning(*_REQUEST_OF_JOB)
+            .returning(Job)
         )
         async with self.sessions.begin() as s:
-            job = (await s.execute(stmt)).one_or_none()
+            job = (await s.execute(stmt)).scalar_one_or_none()
             # The job's request row, in the same transaction: GET /v1/jobs and /v1/usage agree.
             if job is not None and (complete := _complete_request(job, outcome)) is not None:
                 await s.execute(complete)
-            return job is not None
+            return job
 
     async def erase(self, job_id: uuid.UUID) -> bool:
         """Erase an ended job's content now (DELETE ?purge=true); False if it has not ended."""
