@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=shadow.ROUNDS, help=f"shadow: pairs per row (default {shadow.ROUNDS})")
     sk = ap.add_argument_group("soak")
     sk.add_argument("--duration-s", type=float, default=600, help="soak: seconds measured after the warm-up (default 600)")
-    sk.add_argument("--warmup-s", type=float, default=180, help="soak: seconds of the same load before the start sample (default 180: Temporal's caches fill for ~3 min)")
+    sk.add_argument("--warmup-s", type=float, default=300, help="soak: seconds of the same load before the start sample (default 300: Temporal's caches fill for ~3 min, docs/soak.md)")
     sk.add_argument("--sample-every-s", type=float, default=30, help="soak: seconds between memory samples (default 30)")
     sk.add_argument("--rate", action="append", default=[], metavar="LANE=RPS",
                     help=f"soak: one lane's requests per second, 0 turns it off (repeatable; defaults: {', '.join(f'{k}={v:g}' for k, v in soak.DEFAULT_RATES.items())})")
