@@ -136,7 +136,13 @@ class Chaos:
     # ------------------------------------------------------------ submitting
 
     def submit(self, body: dict[str, Any], expect: str = "succeeded", *, probe: bool = False, deadline_s: float = 240) -> Tracked:
-        r = self.http.post("/v1/jobs", json=body)
+        """Submit as a well-behaved client: a 503 (a backing service still coming back: nothing was
+        accepted) is retried after its Retry-After, twice at most; anything but 202 then fails."""
+        for attempt in range(3):
+            r = self.http.post("/v1/jobs", json=body)
+            if r.status_code != 503 or attempt == 2:
+                break
+            time.sleep(float(r.headers.get("retry-after", "1")))
         assert r.status_code == 202, (r.status_code, r.text)
         job_id = r.json()["id"]
         f = Follower(self.stack.ingress, self.key, job_id, deadline_s)
@@ -154,8 +160,12 @@ class Chaos:
     def workload(self, *, llm: int = 3, vllm: int = 0, vision: int = 2, recsys: int = 2, bad: int = 1) -> list[Tracked]:
         """Jobs in flight in every domain, each followed: LLM streams first (they run longest), then
         recsys and vision batches once tokens flow, so that all are running when the fault comes
-        (vision last: its batches are the shortest, well under a second each)."""
-        started = [self.llm() for _ in range(llm)] + [self.llm(VLLM_MODEL, 300) for _ in range(vllm)]
+        (vision last: its batches are the shortest, well under a second each). vLLM's streams start
+        first and flow before llama.cpp's start: on a slow CPU vLLM's first token can take longer than
+        a whole llama.cpp stream, which then ended before the fault."""
+        started = [self.llm(VLLM_MODEL, 300) for _ in range(vllm)]
+        wait_until(lambda: all(t.follower.tokens() >= 8 for t in started), "tokens flowing on every vLLM stream", 180)
+        started += [self.llm() for _ in range(llm)]
         wait_until(lambda: all(t.follower.tokens() >= 8 for t in started), "tokens flowing on every LLM stream", 90)
         self._seq += 1
         batch = [self.submit(recsys_job(self._seq * 397, 400)) for _ in range(recsys)]

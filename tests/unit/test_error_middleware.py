@@ -150,3 +150,34 @@ def test_a_500_keeps_the_keep_alive_connection(server: str) -> None:
             assert r.headers.get("connection") != "close"
             assert c.get("/background").json() == {"ok": True}
         assert c.get("/peer").json()["port"] == port
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
+async def test_a_backing_service_that_is_down_is_a_503_with_retry_after(backend: str) -> None:
+    """A real client of each service against a port nothing listens on (the service down or
+    restarting): the caller may retry, so 503 + Retry-After, not 500."""
+    from redis.asyncio import Redis
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    port = _free_port()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if backend == "redis":
+            await Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=2).ping()
+        else:
+            async with create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x").connect() as conn:
+                await conn.execute(text("select 1"))
+
+    async with _client(errors.CatchUnexpected(app)) as c:
+        r, v2 = await c.post("/v1/jobs"), await c.post("/v2/models/m/infer")
+    assert (r.status_code, r.headers.get("retry-after")) == (503, "1"), r.text
+    assert r.json()["error"]["code"] == "service_unavailable"
+    assert (v2.status_code, v2.json()) == (503, {"error": errors.BACKEND_DOWN})

@@ -256,3 +256,29 @@ def test_a_follower_rides_out_a_restart_and_sees_the_end(redis_server: PrivateRe
         await reader.redis.aclose()
 
     asyncio.run(go())
+
+
+def test_admission_to_the_backlog_survives_a_restart_behind_a_pooled_connection(redis_server: PrivateRedis) -> None:
+    """After a restart the pool hands out its old connection, which the server closed: the admission
+    (idempotent) is tried once more on a new one instead of failing the submission (the chaos suite
+    once got a 500 on POST /v1/jobs this way)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from switchyard.common.quotas import Backlog
+
+    async def go() -> None:
+        redis = make_redis(redis_server.url)
+        backlog = Backlog(redis, "test")
+        assert await backlog.admit("m", "job-1", 10)
+        redis_server.restart()
+        with pytest.raises(RedisConnectionError):  # the fault took hold: a plain call on the stale connection fails
+            await redis.zcard(backlog.key("m"))
+        assert await backlog.admit("m", "job-1", 10)
+        await asyncio.gather(*(redis.ping() for _ in range(4)))  # several pooled connections, all stale after the next restart
+        redis_server.restart()
+        assert await backlog.admit("m", "job-2", 10)
+        # With AOF job-1 outlived both restarts; without persistence only job-2 (admitted after the last) is there.
+        assert await backlog.size("m") == (2 if redis_server.appendonly else 1)
+        await redis.aclose()
+
+    asyncio.run(go())

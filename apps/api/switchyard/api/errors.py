@@ -2,7 +2,8 @@
 
 It is OpenAI's error object plus optional ``details``, so OpenAI clients read it unchanged. The
 KServe V2 routes (``/v2``) answer with V2's own shape, ``{"error": "message"}``, as V2 clients expect.
-An unexpected exception becomes a 500 in that shape in ``CatchUnexpected`` (an ASGI middleware).
+An unexpected exception becomes a 500 in that shape in ``CatchUnexpected`` (an ASGI middleware), or a
+503 with ``Retry-After`` when it is Redis or PostgreSQL being unreachable (a restart, an outage).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +29,8 @@ from switchyard.common.v2.errors import V2Error
 OPENAI_PATHS = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 log = logging.getLogger("switchyard.api")
+
+BACKEND_DOWN = "a backing service (database or event store) is unavailable; retry shortly"
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled"}
@@ -135,11 +141,25 @@ class CatchUnexpected:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as e:
             if started and not finished:
                 raise
             path = scope.get("path", "")
             log.exception("unhandled error: %s %s", scope.get("method"), path)
             if not started:
-                response = v2_error_response(V2Error(500, "internal error")) if is_v2(path) else error_response(500, "internal_error", "internal error")
-                await response(scope, receive, send)
+                await _unexpected_response(path, e)(scope, receive, send)
+
+
+def backend_down(e: BaseException) -> bool:
+    """Redis or PostgreSQL unreachable or restarting (a connection refused, broken or timed out)."""
+    if isinstance(e, DBAPIError):
+        return bool(e.connection_invalidated) or isinstance(e, OperationalError | InterfaceError)
+    return isinstance(e, RedisConnectionError | RedisTimeoutError | ConnectionError | TimeoutError)
+
+
+def _unexpected_response(path: str, e: BaseException) -> Response:
+    """503 + Retry-After for a backing service that is down (the request may succeed in a moment);
+    500 for anything else."""
+    status, code, message = (503, "service_unavailable", BACKEND_DOWN) if backend_down(e) else (500, "internal_error", "internal error")
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return v2_error_response(V2Error(status, message, headers)) if is_v2(path) else error_response(status, code, message, headers=headers)

@@ -77,10 +77,10 @@ return ids
 T = TypeVar("T")
 
 
-async def _once_more(call: Callable[[], Awaitable[T]]) -> T:
+async def once_more(call: Callable[[], Awaitable[T]]) -> T:
     """An idempotent call, tried again once when its connection broke: the pool's connections all
-    break when Redis restarts, and the client (no retries of its own: a retried XADD could add an
-    event twice) reconnects on the next call."""
+    break when Redis restarts (the pool hands out a stale one without noticing), and the client (no
+    retries of its own: a retried XADD could add an event twice) reconnects on the next call."""
     try:
         return await call()
     except (RedisConnectionError, RedisTimeoutError):
@@ -221,7 +221,7 @@ class EventBus:
         retried ``job.finish`` and an API that found the end missing both call it. A stream that is
         gone is rebuilt (``JobEnd.rebuild``) before the end. The ids written ([] if none)."""
         rebuild = end.rebuild()
-        return await _once_more(lambda: self._run(job_id, "end", [*rebuild, *end.events()], prefix=len(rebuild))) or []
+        return await once_more(lambda: self._run(job_id, "end", [*rebuild, *end.events()], prefix=len(rebuild))) or []
 
     async def delete(self, job_id: str) -> None:
         """Drop the job's stream now (purge), rather than when it expires."""
@@ -229,11 +229,11 @@ class EventBus:
 
     async def exists(self, job_id: str) -> bool:
         """Whether the job's stream is there (it expires ``ttl_s`` after the last event)."""
-        return bool(await _once_more(lambda: self.redis.exists(stream_key(job_id))))
+        return bool(await once_more(lambda: self.redis.exists(stream_key(job_id))))
 
     async def read(self, job_id: str, after: str = START, count: int = 1000) -> list[JobEvent]:
         """Events strictly after ``after`` (no blocking)."""
-        rows: Any = await _once_more(lambda: self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count))
+        rows: Any = await once_more(lambda: self.redis.xrange(stream_key(job_id), min=f"({after}" if after != START else "-", count=count))
         return [_decode(i, f) for i, f in rows]
 
     async def read_all(self, job_id: str) -> list[JobEvent]:

@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
+from switchyard.common.events import once_more
+
 log = logging.getLogger("switchyard.quotas")
 
 PREFIX: Final = "switchyard:quota"
@@ -322,8 +324,9 @@ class Backlog:
         return f"switchyard:backlog:{self.namespace}:{model}"
 
     async def admit(self, model: str, job_id: str, max_pending: int) -> bool:
-        """Add the job to its model's backlog if there is room (atomic); False when full."""
-        return int(await self._admit(self.redis, [self.key(model)], [max_pending, job_id])) == 1
+        """Add the job to its model's backlog if there is room (atomic, and idempotent: tried again
+        once on a broken connection); False when full."""
+        return int(await once_more(lambda: self._admit(self.redis, [self.key(model)], [max_pending, job_id]))) == 1
 
     async def release(self, model: str, job_id: str) -> None:
         await self.redis.zrem(self.key(model), job_id)
