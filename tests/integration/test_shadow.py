@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,10 +18,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import SHADOWED  # pants: no-infer-dep
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 from temporalio.client import Client
 
 from switchyard.common.payload_codec import KeyRing, data_converter
-from switchyard.common.shadow.spec import ShadowCase
+from switchyard.common.shadow.bodies import PREFIX
+from switchyard.common.shadow.spec import SHADOW_WORKFLOW, ShadowCase
 from switchyard.devstack.models import sample_images
 from switchyard.devstack.stack import Stack
 
@@ -81,7 +84,7 @@ def test_the_report_needs_an_admin_key_and_a_known_model(stack: Stack, http: htt
 def test_vision_requests_are_compared_with_the_int8_candidate_over_rest_and_grpc(stack: Stack, admin: httpx.Client, auth: dict[str, str],
                                                                                  api_key: str) -> None:
     model, images = SHADOWED["vision"], sample_images()
-    before, done_before = scrape(stack.cfg.api_metrics_port), counts(admin, model)
+    before, done_before, since = scrape(stack.cfg.api_metrics_port), counts(admin, model), datetime.now(UTC)
     rest = httpclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.http_port}", network_timeout=60)
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.cfg.grpc_port}")
     try:
@@ -111,6 +114,12 @@ def test_vision_requests_are_compared_with_the_int8_candidate_over_rest_and_grpc
     shadow = scrape(stack.cfg.worker_shadow_metrics_port)
     assert sample(shadow, "switchyard_shadow_comparisons_total", model=model, candidate="vision-classify-int8", outcome="compared") >= 4
     assert sample(shadow, "switchyard_shadow_agreement_ratio_count", model=model, candidate="vision-classify-int8", metric="top1") >= 4
+    # The images did not travel through Temporal: each case's workflow input names its request
+    # (protocol, headers) and the body waited in Redis (sealed), dropped once compared.
+    cases = [c for c in asyncio.run(_shadow_cases_since(stack, since)) if c.model == model]
+    assert {c.v2.protocol for c in cases if c.v2} == {"rest", "grpc"} and len(cases) >= 4, cases
+    assert all(c.v2 is not None and c.v2.body is None for c in cases), cases
+    assert not asyncio.run(_bodies_left(stack, [c.case_id for c in cases]))
 
 
 def test_recommendations_are_compared_with_the_second_ranker_version(admin: httpx.Client, http: httpx.Client) -> None:
@@ -125,14 +134,33 @@ def test_recommendations_are_compared_with_the_second_ranker_version(admin: http
     assert 0.0 < row["topk_overlap"] <= 1.0 and 0.0 <= row["top1_agreement"] <= 1.0, row
 
 
-async def _shadow_case(stack: Stack, job_id: str) -> ShadowCase:
+async def _temporal(stack: Stack) -> Client:
     ring = KeyRing.parse(json.loads(stack.payload_env["SWITCHYARD_PAYLOAD_KEYS"]), stack.payload_env["SWITCHYARD_PAYLOAD_KEY_ID"])
-    client = await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}", namespace="default", data_converter=data_converter(ring))
+    return await Client.connect(f"127.0.0.1:{stack.cfg.temporal_port}", namespace="default", data_converter=data_converter(ring))
+
+
+async def _shadow_case(stack: Stack, job_id: str, client: Client | None = None) -> ShadowCase:
+    """The case as its workflow got it (the started event's input, decrypted)."""
+    client = client or await _temporal(stack)
     history = await client.get_workflow_handle(f"shadow-{job_id}").fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     [case] = await client.data_converter.decode(started.input.payloads, [ShadowCase])
     assert isinstance(case, ShadowCase)
     return case
+
+
+async def _shadow_cases_since(stack: Stack, since: datetime) -> list[ShadowCase]:
+    client = await _temporal(stack)
+    query = f"WorkflowType = '{SHADOW_WORKFLOW}' AND StartTime >= '{since.isoformat()}'"
+    return [await _shadow_case(stack, wf.id.removeprefix("shadow-"), client) async for wf in client.list_workflows(query)]
+
+
+async def _bodies_left(stack: Stack, case_ids: list[str]) -> int:
+    redis = Redis.from_url(stack.cfg.redis_url)
+    try:
+        return int(await redis.exists(*(PREFIX + c for c in case_ids)))
+    finally:
+        await redis.aclose()
 
 
 def test_llm_completions_are_compared_with_vllm_under_the_same_pii_policy(stack: Stack, admin: httpx.Client, http: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """Shadow deployment's parts (docs/shadow.md): the catalog's ``shadow`` field and its checks, the
 comparisons, V2 answers read in every form the workers send them, the platform-wide budget on the
-real Redis, and what a mirrored case is dropped for. The whole lane runs against the real stack in
+real Redis, a V2 case's request body kept aside there (sealed), and what a mirrored case is
+dropped for. The whole lane runs against the real stack in
 tests/integration/test_shadow.py."""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from redis.asyncio import Redis
 from switchyard.common.catalog import CatalogError, build_catalog
 from switchyard.common.metrics import SHADOW_CASES
 from switchyard.common.model_registry import ModelEntry
+from switchyard.common.payload_codec import KeyRing, PayloadKeyError
+from switchyard.common.shadow.bodies import PREFIX, ShadowBodies
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.common.shadow.mirror import send
 from switchyard.common.shadow.spec import LlmCall, ShadowCase, V2Call
@@ -33,6 +36,7 @@ from switchyard.worker_shadow.answers import outputs, ranked
 from switchyard.worker_shadow.compare import rouge_l, topk_agreement
 
 REDIS_URL = os.environ.get("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379/0")
+KEYS = KeyRing({"k1": os.urandom(32)}, "k1")
 SHIPPED = Path(__file__).resolve().parents[2] / "infra" / "catalog" / "models.yaml"
 
 ENDPOINT = {"engine": "llamacpp", "url": "http://127.0.0.1:1", "engine_model": "m"}
@@ -192,11 +196,35 @@ def counted(model: str, outcome: str) -> float:
 async def test_a_case_over_the_budget_or_the_size_limit_is_dropped_and_counted(budget: ShadowBudget) -> None:
     model = f"m-{uuid.uuid4().hex[:6]}"
     client: Any = None  # never reached: a dropped case starts no workflow
-    assert await send(client, budget, case(model, b"x" * 5000), max_bytes=4096) == "dropped_too_large"
+    bodies = ShadowBodies(budget.redis, KEYS)
+    assert await send(client, budget, case(model, b"x" * 5000), 4096, bodies) == "dropped_too_large"
     assert await budget.held() == 0  # too large: no place taken
     await budget.take("x"), await budget.take("y")
-    assert await send(client, budget, case(model), max_bytes=4096) == "dropped_backlog"
+    dropped = case(model)
+    assert await send(client, budget, dropped, 4096, bodies) == "dropped_backlog"
     assert (counted(model, "dropped_too_large"), counted(model, "dropped_backlog")) == (1, 1)
+    assert await bodies.get(dropped.case_id) is None  # a dropped case keeps no body aside
+    with pytest.raises(ValueError, match="body store"):
+        await send(client, budget, case(model), 4096)
+
+
+@pytest.mark.asyncio
+async def test_a_v2_body_waits_in_redis_sealed_and_bound_to_its_case(budget: ShadowBudget) -> None:
+    redis, body = budget.redis, b"\xff\xd8 jpeg bytes " + uuid.uuid4().bytes
+    bodies, case_id = ShadowBodies(redis, KEYS, ttl_s=30), uuid.uuid4().hex
+    await bodies.put(case_id, body)
+    stored = await redis.get(PREFIX + case_id)
+    assert stored is not None and body not in stored  # sealed, not the image
+    assert 0 < await redis.pttl(PREFIX + case_id) <= 30_000  # lapses with the case
+    assert await bodies.get(case_id) == body
+    # Bound to its case: the same sealed bytes under another case id do not open.
+    other = uuid.uuid4().hex
+    await redis.set(PREFIX + other, stored, px=30_000)
+    with pytest.raises(PayloadKeyError):
+        await bodies.get(other)
+    await bodies.drop(case_id)
+    await bodies.drop(other)
+    assert await bodies.get(case_id) is None
 
 
 def test_an_llm_case_counts_its_text_toward_the_size_limit() -> None:

@@ -44,6 +44,7 @@ from switchyard.common.keys import KeyStore
 from switchyard.common.payload_codec import KeyRing
 from switchyard.common.pii import PiiGuard
 from switchyard.common.quotas import Backlog, Quotas
+from switchyard.common.shadow.bodies import ShadowBodies
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.common.shadow.canary import CanaryOutcomes, RollbackController
 from switchyard.common.shadow.mirror import ShadowMirror
@@ -79,7 +80,8 @@ def create_app(settings: ApiSettings, catalog: CatalogHolder) -> FastAPI:
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(keepalive_expiry=ENGINE_KEEPALIVE_EXPIRY_S),
                                  event_hooks=tracing.httpx_event_hooks())  # engines see traceparent
         v2 = V2Gateway(settings, catalog)
-        v2.mirror = shadow = ShadowMirror(temporal, ShadowBudget(redis, settings.shadow_max_backlog), max_bytes=settings.shadow_max_bytes)
+        v2.mirror = shadow = ShadowMirror(temporal, ShadowBudget(redis, settings.shadow_max_backlog), ShadowBodies(redis, payload_keys),
+                                         max_bytes=settings.shadow_max_bytes)
         shadow.start()
         # Promotions and rollbacks on top of the catalog files, and the canaries' automatic rollback (docs/shadow.md).
         follower = ChangeFollower(ChangeStore(db), catalog)

@@ -15,6 +15,7 @@ from switchyard.common.db.shadow_store import ShadowStore
 from switchyard.common.engines.base import ENGINE_KEEPALIVE_EXPIRY_S
 from switchyard.common.http1 import Http1Client
 from switchyard.common.payload_codec import KeyRing
+from switchyard.common.shadow.bodies import ShadowBodies
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.worker_shadow.activities import ShadowActivities
 from switchyard.worker_shadow.settings import ShadowWorkerSettings
@@ -29,7 +30,7 @@ async def main(settings: ShadowWorkerSettings, catalog: CatalogHolder, keys: Key
     await worker_main.serve(
         settings, catalog, keys, log, workflows=[ShadowCompareWorkflow],
         activities=lambda books: [ShadowActivities(ShadowStore(books.store.engine), ShadowBudget(books.bus.redis, settings.shadow_max_backlog),
-                                                   v2, http, settings.shadow_timeout_s).compare],
+                                                   ShadowBodies(books.bus.redis, keys), v2, http, settings.shadow_timeout_s).compare],
         started={"v2_upstreams": sorted(v2)},
     )
     for client in v2.values():

@@ -18,6 +18,7 @@ from switchyard.common.engines.factory import engine_for
 from switchyard.common.http1 import Http1Client
 from switchyard.common.metrics import SHADOW_AGREEMENT, SHADOW_COMPARISONS, SHADOW_LATENCY_DELTA
 from switchyard.common.model_registry import ModelEntry
+from switchyard.common.shadow.bodies import ShadowBodies
 from switchyard.common.shadow.budget import ShadowBudget
 from switchyard.common.shadow.spec import SHADOW_PRIORITY, ShadowCase, ShadowComparison
 from switchyard.common.v2 import grpc_predict_v2_pb2 as pb
@@ -31,8 +32,9 @@ VISION_K = 5
 
 
 class ShadowActivities:
-    def __init__(self, store: ShadowStore, budget: ShadowBudget, v2: dict[str, Http1Client], http: httpx.AsyncClient, timeout_s: float) -> None:
-        self.store, self.budget, self.v2, self.http, self.timeout_s = store, budget, v2, http, timeout_s
+    def __init__(self, store: ShadowStore, budget: ShadowBudget, bodies: ShadowBodies, v2: dict[str, Http1Client], http: httpx.AsyncClient,
+                 timeout_s: float) -> None:
+        self.store, self.budget, self.bodies, self.v2, self.http, self.timeout_s = store, budget, bodies, v2, http, timeout_s
 
     @activity.defn(name="shadow.compare")
     async def compare(self, case: ShadowCase) -> ShadowComparison:
@@ -40,6 +42,7 @@ class ShadowActivities:
             result = await (self._llm(case) if case.llm is not None else self._v2(case))
             await self.store.record(result, case.tenant)
             _observe(result)
+            await self.bodies.drop(case.case_id)  # kept until recorded: a retried attempt needs it
             return result
         finally:
             await self.budget.give_back(case.case_id)
@@ -53,10 +56,14 @@ class ShadowActivities:
         assert call is not None and case.v2_answer is not None
         if worker is None:
             return self._failed(case, "NoUpstream")
+        body = call.body if call.body is not None else await self.bodies.get(case.case_id)
+        if body is None:  # lapsed, or Redis lost it
+            return self._failed(case, "BodyLost")
+        headers = call.headers
         if call.protocol == "rest":
-            path, body, headers = model_path(case.candidate, None) + "/infer", call.body, call.headers
+            path = model_path(case.candidate, None) + "/infer"
         else:  # the same ModelInferRequest, addressed to the candidate
-            msg = pb.ModelInferRequest.FromString(call.body)
+            msg = pb.ModelInferRequest.FromString(body)
             msg.model_name, msg.model_version = case.candidate, ""
             path, body, headers = "/v2/grpc/ModelInfer", msg.SerializeToString(), {"content-type": PROTOBUF}
         started = time.perf_counter()

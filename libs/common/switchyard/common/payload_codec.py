@@ -12,7 +12,8 @@ nothing encrypted with it is left (Temporal histories past their retention, jobs
   process as ``encoding: binary/encrypted`` with ``encryption-key-id: <id>``; the Temporal server
   and whoever reads its database or history see ciphertext only.
 - ``KeyRing.seal``/``unseal``: the job's engine input in PostgreSQL (``jobs.input_sealed``), bound
-  to the job by the AEAD's associated data, so one job's sealed input cannot pass for another's.
+  to the job by the AEAD's associated data, so one job's sealed input cannot pass for another's;
+  ``seal_bytes`` the same for raw bytes (a shadow case's V2 request body in Redis).
 """
 
 from __future__ import annotations
@@ -106,21 +107,27 @@ class KeyRing:
         except InvalidTag:
             raise PayloadKeyError(f"data under key id {kid!r} does not authenticate (altered, or that id's key changed)") from None
 
-    # -------------------------------------------------------------- sealed values (PostgreSQL)
+    # -------------------------------------------------------------- sealed values (PostgreSQL, Redis)
 
     def seal(self, value: Any, context: str) -> bytes:
         """JSON ``value`` encrypted, self-describing (key id inside), bound to ``context``."""
-        kid = self.active.encode()
-        header = bytes([_SEAL_VERSION, len(kid)]) + kid
-        _, blob = self.encrypt(json.dumps(value, separators=(",", ":")).encode(), header + context.encode())
-        return header + blob
+        return self.seal_bytes(json.dumps(value, separators=(",", ":")).encode(), context)
 
     def unseal(self, sealed: bytes, context: str) -> Any:
+        return json.loads(self.unseal_bytes(sealed, context))
+
+    def seal_bytes(self, data: bytes, context: str) -> bytes:
+        kid = self.active.encode()
+        header = bytes([_SEAL_VERSION, len(kid)]) + kid
+        _, blob = self.encrypt(data, header + context.encode())
+        return header + blob
+
+    def unseal_bytes(self, sealed: bytes, context: str) -> bytes:
         if len(sealed) < 2 or sealed[0] != _SEAL_VERSION:
             raise PayloadKeyError("not a sealed value of a known version")
         end = 2 + sealed[1]
         header = sealed[:end]
-        return json.loads(self.decrypt(header[2:].decode(), sealed[end:], header + context.encode()))
+        return self.decrypt(header[2:].decode(), sealed[end:], header + context.encode())
 
 
 def sealed_input_context(job_id: object) -> str:

@@ -2,7 +2,8 @@
 task queue, at the lowest priority, within the platform-wide budget (switchyard.common.shadow.budget).
 
 The API (realtime V2 requests) hands cases to ``ShadowMirror.offer``, which only queues them in
-memory: the Temporal call happens in a background task, after the client has its answer; so do the
+memory: the Temporal call happens in a background task, after the client has its answer (the V2
+request body kept aside in Redis, not in the workflow's input: switchyard.common.shadow.bodies); so do the
 API's own runs of completions (fast start). The LLM worker sends its cases from an activity after the
 job has ended (``send``). Every case ends in one
 outcome of ``switchyard_shadow_cases`` (docs/metrics.md): mirrored, or dropped and why.
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import random
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -25,13 +25,11 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from switchyard.common.contracts import JobOutcome, JobSpec
 from switchyard.common.metrics import SHADOW_CASES
 from switchyard.common.model_registry import ModelEntry
+from switchyard.common.shadow.bodies import ShadowBodies
 from switchyard.common.shadow.budget import ShadowBudget
-from switchyard.common.shadow.spec import SHADOW_PRIORITY, SHADOW_QUEUE, SHADOW_WORKFLOW, LlmCall, ShadowCase, ShadowSpec
+from switchyard.common.shadow.spec import CASE_TIMEOUT, SHADOW_PRIORITY, SHADOW_QUEUE, SHADOW_WORKFLOW, LlmCall, ShadowCase, ShadowSpec
 
 log = logging.getLogger("switchyard.shadow")
-
-# A case nobody picked up in this time (no shadow worker running) ends without a comparison.
-CASE_TIMEOUT = timedelta(minutes=10)
 
 
 def sampled(shadow: ShadowSpec | None) -> bool:
@@ -53,22 +51,28 @@ def llm_case(spec: JobSpec, outcome: JobOutcome, entry: ModelEntry, candidate: M
 
 
 def case_bytes(case: ShadowCase) -> int:
-    """The request and answer a case carries (what makes a Temporal payload large)."""
-    n = len(case.v2.body) if case.v2 else 0
+    """The request and answer a case carries (what makes a Temporal payload, or the body kept aside, large)."""
+    n = len(case.v2.body or b"") if case.v2 else 0
     n += len(case.v2_answer or b"")
     if case.llm:
         n += len(case.llm.text.encode()) + sum(len(str(v)) for v in case.llm.input.values())
     return n
 
 
-async def send(client: Client, budget: ShadowBudget, case: ShadowCase, max_bytes: int) -> str:
-    """Start the case's workflow if it fits the payload limit and the budget; the outcome (counted)."""
+async def send(client: Client, budget: ShadowBudget, case: ShadowCase, max_bytes: int, bodies: ShadowBodies | None = None) -> str:
+    """Start the case's workflow if it fits the size limit and the budget; the outcome (counted).
+    A V2 case's request body goes to ``bodies`` and the workflow gets the case without it."""
+    if case.v2 is not None and bodies is None:
+        raise ValueError("a V2 shadow case needs a body store")
     if case_bytes(case) > max_bytes:
         outcome = "dropped_too_large"
     elif not await budget.take(case.case_id):
         outcome = "dropped_backlog"
     else:
         try:
+            if case.v2 is not None and case.v2.body is not None and bodies is not None:
+                await bodies.put(case.case_id, case.v2.body)
+                case = case.model_copy(update={"v2": case.v2.model_copy(update={"body": None})})
             await client.start_workflow(SHADOW_WORKFLOW, case, id=f"shadow-{case.case_id}", task_queue=SHADOW_QUEUE,
                                         priority=Priority(priority_key=SHADOW_PRIORITY), execution_timeout=CASE_TIMEOUT,
                                         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
@@ -87,8 +91,8 @@ class ShadowMirror:
     """The API's mirror: ``offer`` queues in memory (microseconds, never blocks); one background task
     starts the workflows. A full queue drops the case (``dropped_queue``)."""
 
-    def __init__(self, client: Client, budget: ShadowBudget, *, max_bytes: int, queue_size: int = 256) -> None:
-        self.client, self.budget, self.max_bytes = client, budget, max_bytes
+    def __init__(self, client: Client, budget: ShadowBudget, bodies: ShadowBodies, *, max_bytes: int, queue_size: int = 256) -> None:
+        self.client, self.budget, self.bodies, self.max_bytes = client, budget, bodies, max_bytes
         self.queue: asyncio.Queue[ShadowCase] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
 
@@ -111,7 +115,7 @@ class ShadowMirror:
         while True:
             case = await self.queue.get()
             try:
-                await send(self.client, self.budget, case, self.max_bytes)
+                await send(self.client, self.budget, case, self.max_bytes, self.bodies)
             except Exception:  # Redis down: the case is lost, live work is not
                 SHADOW_CASES.labels(model=case.model, outcome="failed").inc()
                 log.warning("shadow case not sent", exc_info=True)

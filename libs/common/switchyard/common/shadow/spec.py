@@ -3,6 +3,7 @@ workflow's input on the ``shadow`` task queue)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,8 @@ SHADOW_WORKFLOW = "ShadowCompare"
 SHADOW_QUEUE = "shadow"
 # Shadow work runs after everything else on its queue (1 runs first, 5 last).
 SHADOW_PRIORITY = 5
+# A case nobody picked up in this time (no shadow worker running) ends without a comparison.
+CASE_TIMEOUT = timedelta(minutes=10)
 
 
 class CanarySpec(BaseModel):
@@ -60,7 +63,9 @@ class V2Call(BaseModel):
     model_config = _BINARY
 
     protocol: Literal["rest", "grpc"]
-    body: bytes  # REST body (JSON, or JSON + binary tensors) or a serialized ModelInferRequest
+    # REST body (JSON, or JSON + binary tensors) or a serialized ModelInferRequest; None once the
+    # case is sent: the body then waits in Redis under the case id (switchyard.common.shadow.bodies).
+    body: bytes | None
     headers: dict[str, str] = {}  # REST: content-type, inference-header-content-length
 
 
