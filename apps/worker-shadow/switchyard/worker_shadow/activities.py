@@ -42,7 +42,8 @@ class ShadowActivities:
             result = await (self._llm(case) if case.llm is not None else self._v2(case))
             await self.store.record(result, case.tenant)
             _observe(result)
-            await self.bodies.drop(case.case_id)  # kept until recorded: a retried attempt needs it
+            if case.v2 is not None:  # kept until recorded: a retried attempt needs it
+                await self.bodies.drop(case.case_id)
             return result
         finally:
             await self.budget.give_back(case.case_id)
